@@ -1,0 +1,31 @@
+"""perfwatch: profiling and continuous benchmarking for PyTorch training pipelines.
+
+Importing perfwatch is cheap: torch is imported only by the parts that use it.
+"""
+
+from .config import Config, load_config
+from .env import fingerprint
+from .errors import BenchmarkFailed, PerfwatchError, RegressionFound, UserError
+from .results import FORMAT_VERSION, BenchResult, RunRecord
+from .runner import discover, run_suite, select
+from .store import Store
+from .suite import by_size, current_size
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BenchResult",
+    "BenchmarkFailed",
+    "Config",
+    "PerfwatchError",
+    "RegressionFound",
+    "RunRecord",
+    "Store",
+    "UserError",
+    "by_size",
+    "current_size",
+    "discover",
+    "fingerprint",
+    "load_config",
+    "run_suite",
+    "select",
+]

@@ -1,0 +1,70 @@
+"""Terminal rendering of runs with rich: value formatting, results table, environment line."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+
+from . import stats
+from .results import RunRecord
+
+TIME_SCALES = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
+BYTE_SCALES = ((1024.0**3, "GiB"), (1024.0**2, "MiB"), (1024.0, "KiB"), (1.0, "B"))
+
+
+def format_value(value: float, unit: str) -> str:
+    """A human-sized number: seconds and bytes get scaled units, others 4 significant digits."""
+    if value is None or math.isnan(value):
+        return "-"
+    if unit == "seconds":
+        scale, suffix = next(((s, u) for s, u in TIME_SCALES if abs(value) >= s), TIME_SCALES[-1])
+        return f"{value / scale:.4g} {suffix}"
+    if unit == "bytes":
+        scale, suffix = next(((s, u) for s, u in BYTE_SCALES if abs(value) >= s), BYTE_SCALES[-1])
+        return f"{value / scale:.4g} {suffix}"
+    return f"{value:.4g} {unit}" if unit != "unitless" else f"{value:.4g}"
+
+
+def format_spread(values: list[float]) -> str:
+    s = stats.spread(values)
+    if math.isnan(s):
+        return "-"
+    text = f"±{s * 100:.1f}%"
+    return f"[yellow]{text} noisy[/]" if stats.is_noisy(values) else text
+
+
+STATUS_STYLE = {"ok": "green", "failed": "bold red", "timeout": "bold red", "skipped": "dim"}
+
+
+def results_table(run: RunRecord) -> Table:
+    """One row per benchmark: status, median, spread (IQR/median), samples, or the error."""
+    table = Table(title=f"run {run.run_id} · suite {run.suite or '?'}", title_justify="left")
+    table.add_column("benchmark", overflow="fold")
+    table.add_column("status")
+    table.add_column("median", justify="right")
+    table.add_column("spread", justify="right")
+    table.add_column("n", justify="right")
+    for b in run.benchmarks:
+        style = STATUS_STYLE.get(b.status, "")
+        arrow = " ↑" if b.higher_is_better else ""
+        if b.samples:
+            table.add_row(b.name, f"[{style}]{b.status}[/]", format_value(stats.median(b.samples), b.unit) + arrow,
+                          format_spread(b.samples), str(len(b.samples)))
+        else:
+            table.add_row(b.name, f"[{style}]{b.status}[/]", f"[{style}]{b.error or ''}[/]", "", "0")
+    return table
+
+
+def env_line(env: dict) -> str:
+    gpu = env.get("gpu") or {}
+    commit = (env.get("git_commit") or "no git")[:10] + ("+dirty" if env.get("git_dirty") else "")
+    parts = [
+        env.get("host", "?"),
+        f"{env.get('cpu', '?')} ×{env.get('cpu_cores_logical', '?')}",
+        f"GPU {gpu['model']} ×{gpu['count']}" if gpu else "no GPU",
+        f"torch {env.get('torch')}",
+        f"Python {env.get('python')}",
+        commit,
+    ]
+    return " · ".join(parts)

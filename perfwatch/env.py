@@ -1,0 +1,108 @@
+"""Machine and software fingerprint stored with every run.
+
+Numbers are only comparable on the same machine and software, so each run
+records what it ran on; ``machine_id`` is a short hash of the hardware facts,
+used to warn when runs from different machines are compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .gpu import gpu_inventory
+
+# Variables that change how many threads torch, BLAS and OpenMP use.
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "TORCH_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's marketing name; ``platform.processor()`` is often empty on Linux."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+    """Installed version without importing the package (torch takes seconds to import)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state(cwd: Path | None = None) -> dict[str, Any]:
+    """Commit, branch and dirty flag of the repository around ``cwd``; nulls outside one."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_branch": None, "git_dirty": False}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit,
+        "git_branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+        "git_dirty": bool(status),
+    }
+
+
+def machine_id(env: dict[str, Any]) -> str:
+    """Hash of the facts that make timings comparable: host, CPU, cores, memory, GPU."""
+    gpu = env.get("gpu") or {}
+    key = "|".join(
+        str(x)
+        for x in (env["host"], env["cpu"], env["cpu_cores_logical"], env["memory_bytes"], gpu.get("model"), gpu.get("count"))
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def fingerprint(cwd: Path | None = None) -> dict[str, Any]:
+    """Everything a reader needs to judge whether two runs are comparable."""
+    env: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "os": f"{platform.system()} {platform.release()}",
+        "arch": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_cores_logical": psutil.cpu_count(logical=True),
+        "cpu_cores_physical": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(psutil.Process().cpu_affinity()) if hasattr(psutil.Process, "cpu_affinity") else None,
+        "memory_bytes": psutil.virtual_memory().total,
+        "gpu": gpu_inventory(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "torch": package_version("torch"),
+        "numpy": package_version("numpy"),
+        "perfwatch": package_version("perfwatch"),
+        "thread_env": {name: os.environ[name] for name in THREAD_ENV_VARS if name in os.environ},
+    }
+    env.update(git_state(cwd))
+    env["machine_id"] = machine_id(env)
+    return env

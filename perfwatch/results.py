@@ -1,0 +1,124 @@
+"""The results document: one run of benchmarks, raw samples, spec and environment.
+
+This is a contract (DESIGN.md): other tools read these files, so the shape is
+versioned and readers refuse a ``format_version`` they do not know instead of
+guessing. Statistics are never stored; they are computed from the raw samples.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+STATUSES = ("ok", "failed", "timeout", "skipped")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One benchmark (one parameter combination) of a run, with every raw sample."""
+
+    name: str
+    params: dict[str, Any]
+    kind: str  # "time" | "peakmem" | "track"
+    unit: str
+    higher_is_better: bool
+    status: str
+    error: str | None = None
+    samples: list[float] = field(default_factory=list)
+    number: int = 1  # inner calls averaged into one time_ sample
+    warmup_s: float = 0.0
+    duration_s: float = 0.0  # wall time of the benchmark's process
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A whole run: what was run, where, and every benchmark's result."""
+
+    run_id: str
+    created: str
+    suite: str
+    env: dict[str, Any]
+    benchmarks: list[BenchResult]
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def failed(self) -> list[BenchResult]:
+        return [b for b in self.benchmarks if b.status in ("failed", "timeout")]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        # Keep the documented key order: version first, benchmarks last.
+        return {
+            "format_version": data.pop("format_version"),
+            "run_id": data.pop("run_id"),
+            "created": data.pop("created"),
+            "suite": data.pop("suite"),
+            "env": data.pop("env"),
+            "benchmarks": data.pop("benchmarks"),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> RunRecord:
+        """Parse a results document; ``source`` names it in error messages."""
+        if not isinstance(data, dict) or "format_version" not in data:
+            raise UserError(f"{source}: not a perfwatch results document (no format_version)")
+        version = data["format_version"]
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"{source}: results format_version {version!r} is not supported by this perfwatch "
+                f"(it reads version {FORMAT_VERSION}); upgrade perfwatch to read it"
+            )
+        try:
+            return cls(
+                run_id=str(data["run_id"]),
+                created=str(data["created"]),
+                suite=str(data.get("suite", "")),
+                env=dict(data["env"]),
+                benchmarks=[BenchResult.from_dict(b) for b in data["benchmarks"]],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source}: malformed results document ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read results file ({exc.strerror})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"{path}: corrupt results file (invalid JSON at line {exc.lineno}); "
+                "move it out of the results directory or restore it"
+            ) from None
+        return cls.from_dict(data, str(path))
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable and unique: UTC timestamp plus a short random suffix."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
