@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from . import stats
 from .errors import UserError
 from .results import RunRecord
 
@@ -78,7 +78,7 @@ class Store:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise UserError(f"{ref}: no stored run with that id in {self.root}; `perfwatch show --list` lists them")
+            raise UserError(f"{ref}: no stored run with that id in {self.root}; `perfwatch runs` lists them")
         raise UserError(f"{ref}: ambiguous run id, matches {len(matches)} runs; give more characters")
 
     def load(self, ref: str | None = None) -> RunRecord:
@@ -113,7 +113,7 @@ class Store:
                         "higher_is_better": b.higher_is_better,
                         "status": b.status,
                         "n": len(values),
-                        "median": statistics.median(values) if values else float("nan"),
+                        "median": stats.median(values),
                         "samples": list(values),
                     }
                 )
