@@ -1,0 +1,192 @@
+"""Baseline vs candidate -> one verdict row per benchmark. Pure: results or plain lists in, rows out.
+
+Conventions (every row, whatever the metric's direction):
+
+* ``ratio`` is candidate/baseline as measured (1.10: the candidate's number is 10% larger), the
+  Hodges-Lehmann estimate of stats.py; ``baseline_median``/``candidate_median`` are the raw medians.
+* ``change`` is direction-normalised: +0.10 means 10% *worse* (10% more time or memory, or 10%
+  less throughput), negative means better; ``ci_low``..``ci_high`` is its confidence interval.
+  Thresholds apply to ``change`` in the metric's own terms, like pytest-benchmark's ``median:5%``.
+
+The rules (DESIGN.md: a regression is over the threshold AND significant; noise is reported, not judged):
+
+* regressed: p < alpha, the interval lies above 0, and the estimate is over the threshold (asv's rule);
+* improved: the mirror image;
+* unchanged: the whole interval lies within +-threshold, so a change that large is ruled out;
+* too-noisy: anything else. The data cannot tell a change over the threshold from none: the
+  interval reaches over the threshold and either includes 0 or includes changes under it.
+
+Rows that are not judged: "new" (candidate only), "missing" (baseline only), "failed" (the
+candidate failed or timed out), "insufficient" (too few samples for the test ever to reach alpha,
+a side skipped or failed in the baseline, a changed unit, or samples a ratio cannot use).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+from . import stats
+from .results import BenchResult, RunRecord
+from .stats import DEFAULT_ALPHA
+from .thresholds import DEFAULT_THRESHOLD, Thresholds, parse_thresholds
+
+VERDICTS = ("regressed", "improved", "unchanged", "too-noisy", "new", "missing", "failed", "insufficient")
+
+# Fewer samples than this on a side say nothing about its spread, even where a lopsided
+# test (2 vs 200) could reach alpha.
+MIN_SAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One benchmark's comparison; numbers are nan where they do not apply (see module doc)."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    verdict: str
+    reason: str
+    threshold: float
+    baseline_median: float = math.nan
+    candidate_median: float = math.nan
+    ratio: float = math.nan
+    change: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_value: float = math.nan
+    n_baseline: int = 0
+    n_candidate: int = 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """How many rows got each verdict (every verdict listed, zeros included)."""
+
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def has_regression(self) -> bool:
+        return self.counts.get("regressed", 0) > 0
+
+    @property
+    def has_failure(self) -> bool:
+        return self.counts.get("failed", 0) > 0
+
+
+def summarize(verdicts: Sequence[Verdict]) -> Summary:
+    return Summary({kind: sum(1 for v in verdicts if v.verdict == kind) for kind in VERDICTS})
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _judge(change: float, low: float, high: float, p: float, threshold: float, alpha: float,
+           confidence: float) -> tuple[str, str]:
+    """Verdict and reason from a direction-normalised change, its interval and p-value."""
+    limit = _percent(threshold)
+    evidence = f"{confidence:.0%} CI {low:+.1%}..{high:+.1%}, p={p:.2g}"
+    if p < alpha and low > 0 and change > threshold:
+        return "regressed", f"{change:.1%} worse ({evidence}), over the {limit} threshold"
+    if p < alpha and high < 0 and change < -threshold:
+        return "improved", f"{-change:.1%} better ({evidence}), over the {limit} threshold"
+    if -threshold <= low and high <= threshold:
+        return "unchanged", f"{change:+.1%} ({evidence}), within +-{limit}"
+    return "too-noisy", (f"{change:+.1%} with {evidence}: cannot tell a change over {limit} from none; "
+                         "take more samples or compare interleaved runs (paired)")
+
+
+def compare_samples(
+    name: str,
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    *,
+    unit: str = "seconds",
+    higher_is_better: bool = False,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    paired: bool = False,
+) -> Verdict:
+    """Judge one benchmark from raw samples; ``paired`` when sample i of both sides ran back to back."""
+    row = Verdict(
+        name=name, unit=unit, higher_is_better=higher_is_better, verdict="insufficient", reason="",
+        threshold=threshold, baseline_median=stats.median(baseline), candidate_median=stats.median(candidate),
+        n_baseline=len(baseline), n_candidate=len(candidate),
+    )
+    m, n = len(baseline), len(candidate)
+    if min(m, n) < MIN_SAMPLES:
+        return replace(row, reason=f"{m} baseline and {n} candidate samples; need at least {MIN_SAMPLES} each")
+    pairs = paired and m == n
+    best = stats.smallest_p(m, n, paired=pairs)
+    if best >= alpha:
+        return replace(row, reason=(f"{m} vs {n} {'pairs' if pairs else 'samples'} can never reach "
+                                    f"p < {alpha:g} (best p={best:.2g}); take more samples"))
+    try:
+        estimate = (stats.paired_ratio if pairs else stats.unpaired_ratio)(baseline, candidate, alpha)
+    except ValueError as exc:
+        return replace(row, reason=str(exc))
+    if higher_is_better:
+        change, low, high = 1 - estimate.ratio, 1 - estimate.high, 1 - estimate.low
+    else:
+        change, low, high = estimate.ratio - 1, estimate.low - 1, estimate.high - 1
+    verdict, reason = _judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence)
+    if paired and not pairs:
+        reason += f"; compared unpaired: {m} vs {n} samples cannot be paired"
+    return replace(row, verdict=verdict, reason=reason, ratio=estimate.ratio, change=change,
+                   ci_low=low, ci_high=high, p_value=estimate.p_value)
+
+
+def compare_benchmark(
+    baseline: BenchResult | None,
+    candidate: BenchResult | None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    paired: bool = False,
+) -> Verdict:
+    """One benchmark of two runs (either may be absent): statuses first, then the samples."""
+    shown = candidate or baseline
+    if shown is None:
+        raise ValueError("compare_benchmark needs a baseline or a candidate result")
+    row = Verdict(name=shown.name, unit=shown.unit, higher_is_better=shown.higher_is_better,
+                  verdict="insufficient", reason="", threshold=threshold,
+                  n_baseline=len(baseline.samples) if baseline else 0,
+                  n_candidate=len(candidate.samples) if candidate else 0)
+    if candidate is None:
+        return replace(row, verdict="missing", reason="in the baseline only",
+                       baseline_median=stats.median(baseline.samples))
+    if candidate.status in ("failed", "timeout"):
+        return replace(row, verdict="failed", reason=f"{candidate.status}: {candidate.error or 'no error message'}")
+    if baseline is None:
+        return replace(row, verdict="new", reason="in the candidate only",
+                       candidate_median=stats.median(candidate.samples))
+    if not candidate.ok:
+        return replace(row, reason=f"{candidate.status} in the candidate")
+    if not baseline.ok:
+        return replace(row, reason=f"{baseline.status} in the baseline: nothing to compare against")
+    if (baseline.unit, baseline.higher_is_better) != (candidate.unit, candidate.higher_is_better):
+        return replace(row, reason=f"unit changed from {baseline.unit!r} to {candidate.unit!r} "
+                                   f"(higher is better: {baseline.higher_is_better} -> {candidate.higher_is_better})")
+    return compare_samples(candidate.name, baseline.samples, candidate.samples, unit=candidate.unit,
+                           higher_is_better=candidate.higher_is_better, threshold=threshold,
+                           alpha=alpha, paired=paired)
+
+
+def compare_runs(
+    baseline: RunRecord,
+    candidate: RunRecord,
+    thresholds: Thresholds | Mapping[str, object] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    paired: bool = False,
+) -> list[Verdict]:
+    """Every benchmark of either run: the candidate's in its order, then those only in the baseline."""
+    limits = thresholds if isinstance(thresholds, Thresholds) else parse_thresholds(thresholds)
+    before = {b.name: b for b in baseline.benchmarks}
+    after = {c.name for c in candidate.benchmarks}
+    rows = [compare_benchmark(before.get(c.name), c, threshold=limits.for_name(c.name), alpha=alpha, paired=paired)
+            for c in candidate.benchmarks]
+    rows += [compare_benchmark(b, None, threshold=limits.for_name(b.name), alpha=alpha, paired=paired)
+             for b in baseline.benchmarks if b.name not in after]
+    return rows
