@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from .env import fingerprint
 from .errors import UserError
 from .results import BenchResult, RunRecord, new_run_id, utc_now_iso
@@ -63,6 +65,26 @@ class ChildOutcome:
     stderr_tail: str
 
 
+def kill_tree(pid: int) -> None:
+    """Kill a worker, its process group and every descendant.
+
+    The group alone is not enough: torchrun starts its ranks in sessions of their own.
+    """
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in descendants:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def run_child(args: list[str], out: Path, env: dict[str, str], timeout: float) -> ChildOutcome:
     """Run a worker in its own process group; on timeout kill the group (DataLoader workers too)."""
     with tempfile.TemporaryFile() as stderr:
@@ -79,10 +101,7 @@ def run_child(args: list[str], out: Path, env: dict[str, str], timeout: float) -
         except subprocess.TimeoutExpired:
             returncode = None
         finally:  # also on KeyboardInterrupt: never leave a benchmark running behind us
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_tree(proc.pid)
             proc.wait()
         stderr.seek(0)
         lines = [ln for ln in stderr.read().decode(errors="replace").splitlines() if ln.strip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import write_suite
@@ -139,3 +140,21 @@ def test_a_broken_suite_file_is_named_with_its_line(tmp_path):
     write_suite(tmp_path / "other", "imports.py", "import not_a_module_anywhere\n")
     with pytest.raises(UserError, match=r"imports.py:1: importing the suite failed: ModuleNotFoundError"):
         discover([tmp_path / "other"], "quick")
+
+
+def test_a_timeout_kills_descendants_in_other_sessions(tmp_path):
+    # torchrun starts ranks in sessions of their own; killing the process group misses them.
+    pid_file = tmp_path / "grandchild.pid"
+    write_suite(tmp_path / "suites", "spawner.py", f'''
+import subprocess, sys, time
+
+def time_spawns_and_hangs():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    open({str(pid_file)!r}, "w").write(str(child.pid))
+    time.sleep(600)
+time_spawns_and_hangs.timeout = 3
+''')
+    run = run_suite(discover([tmp_path / "suites"], "quick"), "quick")
+    assert run.benchmarks[0].status == "timeout"
+    grandchild = psutil.Process(int(pid_file.read_text()))
+    grandchild.wait(timeout=5)  # raises TimeoutExpired if it survived

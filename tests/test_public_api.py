@@ -1,0 +1,25 @@
+"""The public API is a promise: this test fails when a name is added or removed without meaning to."""
+
+import subprocess
+import sys
+
+import perfwatch
+
+EXPECTED = {
+    "FORMAT_VERSION", "BenchResult", "BenchmarkFailed", "Config", "PerfwatchError", "PHASES",
+    "RegressionFound", "RunRecord", "StepRecord", "StepTimer", "Store", "UserError", "by_size",
+    "current_size", "discover", "fingerprint", "load_config", "run_suite", "select",
+}
+
+
+def test_all_lists_exactly_the_public_names():
+    assert set(perfwatch.__all__) == EXPECTED
+    for name in perfwatch.__all__:
+        assert getattr(perfwatch, name) is not None
+
+
+def test_importing_perfwatch_does_not_import_torch():
+    # The CLI and the runner's parent process stay light; torch loads only where it is used.
+    code = "import sys, perfwatch, perfwatch.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
