@@ -95,6 +95,7 @@ def fingerprint(cwd: Path | None = None) -> dict[str, Any]:
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "cpu_affinity": len(psutil.Process().cpu_affinity()) if hasattr(psutil.Process, "cpu_affinity") else None,
         "memory_bytes": psutil.virtual_memory().total,
+        "load_average": list(os.getloadavg()),  # how busy the machine was when the run began
         "gpu": gpu_inventory(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),

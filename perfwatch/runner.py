@@ -50,6 +50,23 @@ def default_paths(configured: tuple[Path, ...] = (), cwd: Path | None = None) ->
     raise UserError("no suites/ directory here and no reference suites installed; pass a suite file or directory")
 
 
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def busy_warning(load: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when other work already loads the machine: timings would be noisy.
+
+    With torch's default one intra-op thread per core, a single busy neighbour can
+    slow a training step tenfold on a small machine.
+    """
+    load = os.getloadavg()[0] if load is None else load
+    cores = cores or len(os.sched_getaffinity(0))
+    if load < BUSY_LOAD_PER_CORE * cores:
+        return None
+    return (f"the machine is busy (load {load:.1f} on {cores} cores): timings will be noisy; "
+            "stop other work, or compare runs taken side by side")
+
+
 def worker_env(size: str) -> dict[str, str]:
     """The child's environment: the suite size, and this perfwatch importable first."""
     env = dict(os.environ)

@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 from conftest import write_suite
-from perfwatch.runner import discover, run_suite, select
+from perfwatch.runner import busy_warning, discover, run_suite, select
 from perfwatch.errors import UserError
 
 SUITE = '''
@@ -158,3 +158,8 @@ time_spawns_and_hangs.timeout = 3
     assert run.benchmarks[0].status == "timeout"
     grandchild = psutil.Process(int(pid_file.read_text()))
     grandchild.wait(timeout=5)  # raises TimeoutExpired if it survived
+
+
+def test_a_busy_machine_is_called_out():
+    assert busy_warning(load=0.3, cores=2) is None
+    assert "load 1.5 on 2 cores" in busy_warning(load=1.5, cores=2)
