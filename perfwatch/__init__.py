@@ -7,6 +7,7 @@ from .config import Config, load_config
 from .env import fingerprint
 from .errors import BenchmarkFailed, PerfwatchError, RegressionFound, UserError
 from .instrument import PHASES, StepRecord, StepTimer
+from .monitoring import monitor
 from .results import FORMAT_VERSION, BenchResult, RunRecord
 from .runner import discover, run_suite, select
 from .store import Store
@@ -30,6 +31,7 @@ __all__ = [
     "discover",
     "fingerprint",
     "load_config",
+    "monitor",
     "run_suite",
     "select",
 ]

@@ -92,6 +92,9 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
         raise UserError(f"no benchmarks in the {size} suite of {where}"
                         + (f" match --filter {pattern!r}" if pattern else "") + "; `perfwatch list` shows them")
 
+    warning = runner.busy_warning()
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     table_console = err if as_json else out
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
@@ -170,6 +173,35 @@ def runs(ctx: click.Context, results_dir: Path | None) -> None:
         table.add_row(record.run_id, record.created, record.suite, commit,
                       str(len(record.benchmarks)), str(len(record.failed)))
     out.print(table)
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("--port", type=click.IntRange(0, 65535), default=9400, show_default=True,
+              help="Port to serve /metrics on.")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes the metrics to the network).")
+@click.option("--interval", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="Seconds between samples.")
+@click.option("--push", metavar="URL", help="Also push to this Pushgateway every 15 s and on exit.")
+@click.option("--pid", type=int, help="Watch this running process and its descendants.")
+@click.option("--uss-interval", type=click.FloatRange(0), metavar="SECONDS",
+              help="Also measure unique memory (USS/PSS) this often; it costs ms per process.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def monitor(port: int, bind: str, interval: float, push: str | None, pid: int | None,
+            uss_interval: float | None, command: tuple[str, ...]) -> None:
+    """Serve live metrics for Prometheus: the host, and a training process if given.
+
+    `perfwatch monitor -- python train.py ...` launches the command (its input and
+    output pass through, SIGINT/SIGTERM are forwarded) and exits with its exit code.
+    With --pid, stops once that process exits. With neither, serves the host until
+    Ctrl-C.
+    """
+    from .monitoring import serve  # prometheus_client loads only for this command
+
+    code = serve(port=port, bind=bind, interval=interval, push=push, pid=pid, command=command,
+                 uss_interval=uss_interval, say=lambda line: click.echo(f"perfwatch: {line}", err=True))
+    if code:  # the launched command's own code; click would swallow Exit in main()'s non-standalone mode
+        sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import perfwatch
 EXPECTED = {
     "FORMAT_VERSION", "BenchResult", "BenchmarkFailed", "Config", "PerfwatchError", "PHASES",
     "RegressionFound", "RunRecord", "StepRecord", "StepTimer", "Store", "UserError", "by_size",
-    "current_size", "discover", "fingerprint", "load_config", "run_suite", "select",
+    "current_size", "discover", "fingerprint", "load_config", "monitor", "run_suite", "select",
 }
 
 

@@ -1,0 +1,221 @@
+"""Live monitoring: ``monitor()`` inside a user's training loop, ``serve()`` behind ``perfwatch monitor``.
+
+Both start a Collector on the process tree to watch and an Exporter serving its
+snapshots on /metrics (and pushing them, when asked). Starting is strict: a taken
+port is a UserError before training starts. Running is lenient: whatever fails once
+training runs is logged and steps aside, since monitoring must never stop, slow
+or kill the training it watches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .collector import Collector
+from .errors import UserError
+from .exporter import PUSH_INTERVAL_S, Exporter, PerfwatchMetrics, TrainingMetrics
+from .instrument import StepTimer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9400
+WAKE_S = 0.1  # how often serve() looks at its stop conditions
+
+
+def torchrun_rank(environ: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """(LOCAL_RANK as a port offset, RANK as a label), (0, "0") outside torchrun."""
+    local_rank = environ.get("LOCAL_RANK", "0")
+    if not local_rank.isdigit():
+        raise UserError(f"LOCAL_RANK={local_rank!r} is not a non-negative integer")
+    return int(local_rank), environ.get("RANK", "0")
+
+
+class Monitor:
+    """Serve live metrics of this training process on http://bind:port/metrics while the block runs.
+
+    ``with perfwatch.monitor() as mon:`` then time the loop with ``mon.timer`` (a new
+    StepTimer unless ``timer`` is given) and report ``mon.log(loss=..., lr=...)``.
+    The process and its descendants (DataLoader workers) are sampled every ``interval``
+    seconds; USS/PSS every ``uss_interval`` seconds when set. Under torchrun each rank
+    serves on ``port + LOCAL_RANK`` with label ``rank=$RANK``; ``port=0`` takes any free
+    port. With ``push`` (a Pushgateway URL) metrics are also pushed every
+    ``push_interval`` seconds and on exit, under ``job`` and grouping key
+    instance=hostname, rank.
+
+    Entering raises UserError when the port is taken, before the loop runs; once in,
+    failures are logged and the training goes on. ``port`` and ``url`` tell where the
+    metrics are served once entered.
+    """
+
+    def __init__(
+        self,
+        port: int = DEFAULT_PORT,
+        bind: str = "127.0.0.1",
+        interval: float = 1.0,
+        *,
+        timer: StepTimer | None = None,
+        push: str | None = None,
+        job: str = "perfwatch",
+        push_interval: float = PUSH_INTERVAL_S,
+        uss_interval: float | None = None,
+    ) -> None:
+        local_rank, self.rank = torchrun_rank()
+        self.timer = timer if timer is not None else StepTimer()
+        self._training = TrainingMetrics(self.rank)
+        self._listener = self._training.observe  # one bound method: remove_listener compares by identity
+        self._timers: list[StepTimer] = []
+        self._collector = Collector(os.getpid(), interval=interval, uss_interval=uss_interval)
+        self._exporter = Exporter(
+            PerfwatchMetrics(self._collector, training=self._training, process_labels={"rank": self.rank}),
+            port=port + local_rank if port else 0, bind=bind, push=push, job=job,
+            grouping_key={"instance": socket.gethostname(), "rank": self.rank}, push_interval=push_interval,
+        )
+        self.port: int | None = None
+        self.url: str | None = None
+
+    def __enter__(self) -> Monitor:
+        server = self._exporter.start().server  # a taken port fails here, before anything else runs
+        self.port, self.url = server.port, server.url
+        self._collector.start()
+        self.attach(self.timer)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop sampling, push once more, free the port; a failure here is logged, never raised."""
+        for timer in self._timers:
+            timer.remove_listener(self._listener)
+        for step in (self._collector.stop, self._exporter.close):
+            try:
+                step()
+            except Exception:
+                log.warning("perfwatch: stopping the monitor: %s failed", step.__qualname__, exc_info=True)
+
+    def attach(self, timer: StepTimer) -> None:
+        """Also export the steps of ``timer`` (one a library creates, an eval loop's); detached on exit.
+        The steps of all attached timers add up in the same ``perfwatch_train_*`` series."""
+        timer.add_listener(self._listener)
+        self._timers.append(timer)
+
+    def log(self, loss: Any = None, lr: Any = None) -> None:
+        """Export the latest loss and learning rate (numbers or 0-d tensors); cheap, never waits for the GPU."""
+        self._training.log(loss, lr)
+
+
+monitor = Monitor  # the public spelling: ``with perfwatch.monitor(...) as mon:``
+
+
+# ---------------------------------------------------------------- perfwatch monitor
+
+
+def _terminal_sent(signum: int) -> bool:
+    """Whether a SIGINT most likely came from the terminal, which sends it to the whole
+    foreground process group: the command got it too and must not get it twice."""
+    if signum != signal.SIGINT:
+        return False
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
+
+
+def _exit_code(returncode: int) -> int:
+    """A command killed by signal N exits 128 + N, as in a shell."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _launch(command: Sequence[str]) -> subprocess.Popen:
+    """The command with perfwatch's stdin, stdout and stderr; UserError when it cannot start."""
+    try:
+        return subprocess.Popen(list(command))
+    except FileNotFoundError:
+        raise UserError(f"command not found: {command[0]}") from None
+    except PermissionError:
+        raise UserError(f"cannot execute {command[0]}: permission denied") from None
+    except OSError as exc:
+        raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
+
+
+class _Signals:
+    """SIGINT/SIGTERM handlers for the time of ``serve()``: remember the signal, and forward
+    it to the launched command if any. Handlers only assign and forward: they may run in
+    the middle of any main-thread code, so they take no lock."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        child = self.child
+        if child is not None and child.returncode is None and not _terminal_sent(signum):
+            try:
+                child.send_signal(signum)
+            except ProcessLookupError:  # exited a moment ago
+                pass
+
+
+def serve(
+    *,
+    port: int = DEFAULT_PORT,
+    bind: str = "127.0.0.1",
+    interval: float = 1.0,
+    push: str | None = None,
+    pid: int | None = None,
+    command: Sequence[str] = (),
+    uss_interval: float | None = None,
+    say: Callable[[str], None] = log.info,
+) -> int:
+    """Serve host metrics and those of ``pid`` or of ``command`` (launched here); return the exit code.
+
+    With ``command``: its exit code (128 + N when killed by signal N); SIGINT and
+    SIGTERM are forwarded to it (a terminal's Ctrl-C already reaches it). With ``pid``:
+    0 once that process exits. Neither: host only, until SIGINT or SIGTERM (then 0).
+    Call from the main thread (it installs signal handlers). ``say`` gets status lines.
+    """
+    if pid is not None and command:
+        raise UserError("give --pid or a command to launch, not both")
+    exited = threading.Event()
+    # Host only, or the PID (checked now: a UserError when it does not exist); a command's later.
+    collector = None if command else Collector(pid, interval=interval, uss_interval=uss_interval,
+                                               on_exit=lambda _: exited.set())
+    metrics = PerfwatchMetrics(collector)
+    exporter = Exporter(metrics, port=port, bind=bind, push=push,
+                        grouping_key={"instance": socket.gethostname()}).start()
+    say(f"serving metrics on {exporter.server.url}")
+    try:
+        with _Signals() as signals:
+            if command:
+                signals.child = child = _launch(command)
+                metrics.collector = collector = Collector(child.pid, interval=interval, uss_interval=uss_interval)
+            collector.start()
+            if command:
+                return _exit_code(child.wait())
+            while signals.received is None and not exited.wait(WAKE_S):
+                pass
+            if exited.is_set():
+                say(f"watched process {pid} exited; stopping")
+            return 0
+    finally:
+        if collector is not None:
+            collector.stop()
+        exporter.close()
