@@ -31,3 +31,18 @@ def write_suite(directory: Path, name: str, source: str) -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(source))
     return path
+
+
+# A process with two plain multiprocessing children that exits when its stdin closes:
+# the smallest real process tree for the collector and exporter to watch.
+TREE_CHILD = textwrap.dedent(
+    """
+    import multiprocessing, sys, time
+    if __name__ == "__main__":
+        children = [multiprocessing.Process(target=time.sleep, args=(60,), daemon=True) for _ in range(2)]
+        for child in children:
+            child.start()
+        print("ready", flush=True)
+        sys.stdin.read()
+    """
+)

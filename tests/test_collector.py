@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from perfwatch.collector import Collector, parse_pressure, read_pressure
+from conftest import TREE_CHILD
 from perfwatch.errors import UserError
 
 WORKERS = 3
@@ -40,18 +41,6 @@ LOADER_CHILD = textwrap.dedent(
     """
 )
 
-# A process with plain multiprocessing children that exits when its stdin closes.
-EXITING_CHILD = textwrap.dedent(
-    """
-    import multiprocessing, sys, time
-    if __name__ == "__main__":
-        children = [multiprocessing.Process(target=time.sleep, args=(60,), daemon=True) for _ in range(2)]
-        for child in children:
-            child.start()
-        print("ready", flush=True)
-        sys.stdin.read()
-    """
-)
 
 
 def spawn(source: str, *args: str) -> subprocess.Popen:
@@ -130,7 +119,7 @@ def test_host_readings(loader_process):
 
 
 def test_watched_process_exit_is_reported_and_sampling_goes_on(caplog):
-    process = spawn(EXITING_CHILD)
+    process = spawn(TREE_CHILD)
     exits = []
 
     def on_exit(pid):
@@ -253,7 +242,7 @@ def test_pressure_from_real_proc():
 
 def test_proc_root_without_psi_or_children_lists(tmp_path):
     """An older kernel: no PSI fields (not an error), and the tree found by psutil's scan instead."""
-    process = spawn(EXITING_CHILD)
+    process = spawn(TREE_CHILD)
     try:
         with Collector(process.pid, interval=0.05, proc_root=tmp_path) as collector:
             snapshot = wait_for(collector, lambda s: s.tree.workers.count == 2)

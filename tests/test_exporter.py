@@ -1,8 +1,7 @@
 """The Prometheus adapter over real snapshots: real processes, real HTTP on 127.0.0.1,
 promtool on real scrapes, a real Pushgateway; NVML stood in for the GPU this machine lacks.
 
-The helpers here (free ports, scraping, promtool, a Pushgateway) serve the other
-monitoring tests too."""
+The scraping and promtool helpers here serve the other monitoring tests too."""
 
 from __future__ import annotations
 
@@ -11,11 +10,9 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -32,29 +29,15 @@ from perfwatch.errors import UserError
 from perfwatch.exporter import STEP_BUCKETS, MetricsServer, PerfwatchMetrics, Pusher, TrainingMetrics
 from perfwatch.instrument import PHASES, StepRecord
 
+import servers
+from servers import Pushgateway, binary, free_port
+from conftest import TREE_CHILD
+
 GIB = 1 << 30
 
-# A process with two plain multiprocessing children that exits when its stdin closes.
-TREE_CHILD = textwrap.dedent(
-    """
-    import multiprocessing, sys, time
-    if __name__ == "__main__":
-        children = [multiprocessing.Process(target=time.sleep, args=(60,), daemon=True) for _ in range(2)]
-        for child in children:
-            child.start()
-        print("ready", flush=True)
-        sys.stdin.read()
-    """
-)
 
 
 # ---------------------------------------------------------------- helpers shared by the monitoring tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(url: str, timeout: float = 10.0) -> str:
@@ -96,28 +79,9 @@ def types(text: str) -> dict[str, str]:
 
 
 def assert_promtool_clean(text: str) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (.ci/run installs the Debian package prometheus)")
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
+                            timeout=30)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
-
-
-@contextmanager
-def pushgateway(port: int) -> Iterator[str]:
-    """A real Pushgateway on 127.0.0.1:port (no persistence) until the block ends; yields its URL."""
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    if binary is None:
-        pytest.skip("Pushgateway not installed (.ci/run installs the Debian package prometheus-pushgateway)")
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_scrape(f"{url}/-/ready")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @contextmanager
@@ -335,7 +299,7 @@ def test_closing_frees_the_port_even_with_forked_children_alive():
         child.join()
 
 
-def test_push_to_a_real_pushgateway_and_one_warning_per_failure_burst(caplog):
+def test_push_to_a_real_pushgateway_and_one_warning_per_failure_burst(tmp_path, monkeypatch, caplog):
     training = TrainingMetrics(rank="1")
     training.observe(record(0, 0.01))
     registry = CollectorRegistry()
@@ -345,9 +309,10 @@ def test_push_to_a_real_pushgateway_and_one_warning_per_failure_burst(caplog):
                     timeout=2)
     with caplog.at_level(logging.INFO, logger="perfwatch.exporter"):
         assert not pusher.push() and not pusher.push()  # nothing listens yet: one burst
-        with pushgateway(port) as url:
+        monkeypatch.setattr(servers, "free_port", lambda: port)  # the gateway comes up where pushes failed
+        with Pushgateway(tmp_path) as gateway:
             assert pusher.push()
-            pushed = scrape(f"{url}/metrics")
+            pushed = scrape(f"{gateway.url}/metrics")
         assert not pusher.push()  # a second burst
     assert value(pushed, "perfwatch_train_steps_total", job="pwtest", instance="box", rank="1") == 1
     messages = [r.getMessage() for r in caplog.records]
