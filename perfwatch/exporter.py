@@ -466,9 +466,11 @@ class Pusher:
         self._timeout = timeout
         self._failing = False
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="perfwatch-pusher", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="perfwatch-pusher", daemon=True)
         self._thread.start()
 
     def push(self) -> bool:
@@ -489,8 +491,9 @@ class Pusher:
     def close(self) -> None:
         """Stop the periodic pushes, then push the final values."""
         self._stopping.set()
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._thread.join()
+            self._thread = None
         self.push()
 
     def _run(self) -> None:

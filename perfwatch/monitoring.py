@@ -91,6 +91,7 @@ class Monitor:
         """Stop sampling, push once more, free the port; a failure here is logged, never raised."""
         for timer in self._timers:
             timer.remove_listener(self._listener)
+        self._timers.clear()
         for step in (self._collector.stop, self._exporter.close):
             try:
                 step()

@@ -30,11 +30,10 @@ from perfwatch.exporter import STEP_BUCKETS, MetricsServer, PerfwatchMetrics, Pu
 from perfwatch.instrument import PHASES, StepRecord
 
 import servers
-from servers import Pushgateway, binary, free_port
 from conftest import TREE_CHILD
+from servers import Pushgateway, binary, free_port
 
 GIB = 1 << 30
-
 
 
 # ---------------------------------------------------------------- helpers shared by the monitoring tests

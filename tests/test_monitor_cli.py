@@ -16,7 +16,8 @@ import pytest
 
 from conftest import run_perfwatch
 from perfwatch.monitoring import serve
-from test_exporter import assert_promtool_clean, free_port, types, value, wait_for_scrape
+from servers import free_port
+from test_exporter import assert_promtool_clean, types, value, wait_for_scrape
 
 NOBODY = 65534
 

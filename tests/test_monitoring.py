@@ -12,7 +12,8 @@ import pytest
 
 from perfwatch.errors import UserError
 from perfwatch.monitoring import monitor
-from test_exporter import free_port, pushgateway, scrape, types, value, wait_for_scrape
+from servers import Pushgateway, free_port, free_ports
+from test_exporter import scrape, types, value, wait_for_scrape
 
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -60,11 +61,11 @@ class Training:
                 mon.log(loss=loss, lr=self.optimizer.param_groups[0]["lr"])
 
 
-def test_training_metrics_move_and_the_port_is_freed_with_workers_alive():
+def test_training_metrics_move_and_the_port_is_freed_with_workers_alive(tmp_path):
     training = Training(workers=2)
     port = free_port()
-    with pushgateway(free_port()) as gateway:
-        with monitor(port=port, interval=0.05, push=gateway, push_interval=60) as mon:
+    with Pushgateway(tmp_path) as gateway:
+        with monitor(port=port, interval=0.05, push=gateway.url, push_interval=60) as mon:
             assert mon.port == port and mon.url == f"http://127.0.0.1:{port}/metrics"
             first = scrape(mon.url)
             training.epoch(mon, log=False)
@@ -72,7 +73,7 @@ def test_training_metrics_move_and_the_port_is_freed_with_workers_alive():
             unlogged = wait_for_scrape(mon.url, lambda t: value(t, "perfwatch_process_workers", rank="0") == 3)
             training.epoch(mon)
             second = scrape(mon.url)
-        pushed = scrape(f"{gateway}/metrics")  # the final push on exit
+        pushed = scrape(f"{gateway.url}/metrics")  # the final push on exit
     rank = {"rank": "0"}
     assert value(first, "perfwatch_train_steps_total", **rank) == 0
     assert value(unlogged, "perfwatch_train_steps_total", **rank) == 16
@@ -96,7 +97,7 @@ def test_training_metrics_move_and_the_port_is_freed_with_workers_alive():
 def test_torchrun_env_serves_on_port_plus_local_rank_with_the_rank_label(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("RANK", "5")
-    base = free_port()
+    base = free_ports(2)
     training = Training()
     with monitor(port=base, interval=0.05) as mon:
         training.epoch(mon)
