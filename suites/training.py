@@ -49,10 +49,13 @@ class Step(_Training):
 
 
 class Flops(_Training):
-    """Achieved FLOP/s: the FLOPs of one step (counted once, FlopCounterMode) over measured step time."""
+    """Achieved FLOP/s: the FLOPs of one step (counted once, FlopCounterMode) over measured step time.
+
+    FLOP/s is FLOPs per sample times Step's samples/s, so the smaller suites keep one model.
+    """
 
     param_names = ["model"]
-    params = by_size(quick=[["mlp"]], ci=[MODELS])
+    params = by_size(quick=[["mlp"]], full=[MODELS])
 
     def setup(self, model):
         self.setup_bench(model)
