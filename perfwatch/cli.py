@@ -204,6 +204,37 @@ def monitor(port: int, bind: str, interval: float, push: str | None, pid: int | 
         sys.exit(code)
 
 
+@cli.command("profile", context_settings={"allow_interspersed_args": False})
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Directory for report.json, report.md and the raw samples (default: reports/profile-<time>).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Stop sampling after this long (default: when the command exits).")
+@click.option("--keep-running/--stop-at-duration", default=True, show_default=True,
+              help="After --duration, let the command run on, or stop it (SIGINT, SIGTERM, SIGKILL).")
+@click.option("--no-pyspy", is_flag=True, help="Do not sample stacks with py-spy (collector-only diagnosis).")
+@click.option("--torch-profiler", is_flag=True,
+              help="Also run torch.profiler in the command (for --duration, default 30 s) and keep its top ops.")
+@click.option("--rate", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="py-spy samples per second.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def profile_command(out: Path | None, duration: float | None, keep_running: bool, no_pyspy: bool,
+                    torch_profiler: bool, rate: int, command: tuple[str, ...]) -> None:
+    """Find the bottleneck of a training command: `perfwatch profile -- python train.py ...`.
+
+    Runs the command unmodified (its input and output pass through) under the collector and
+    py-spy, then writes report.json and report.md: the primary bottleneck (data loading,
+    host-to-device copies, compute or other), its evidence and the knobs to turn. Exits
+    with the command's exit code.
+    """
+    from .profile import ProfileOptions, run_profile
+
+    options = ProfileOptions(out=out, duration=duration, keep_running=keep_running, pyspy=not no_pyspy,
+                             rate=rate, torch_profiler=torch_profiler)
+    result = run_profile(command, options, say=lambda line: click.echo(f"perfwatch: {line}", err=True))
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map every outcome to an exit code."""
     argv = sys.argv[1:] if argv is None else argv
