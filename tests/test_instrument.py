@@ -314,6 +314,20 @@ def test_auto_on_cpu_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+
+def train_epoch(timer, batches, model, opt, device):
+    """The loop users write: every step's phases timed, data_wait from the loader."""
+    for x, y in timer.iter(batches):
+        with timer.phase("h2d"):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with timer.phase("forward"):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        with timer.phase("backward"):
+            loss.backward()
+        with timer.phase("optimizer"):
+            opt.step()
+            opt.zero_grad()
+
 def test_end_to_end_with_a_real_dataloader():
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -323,16 +337,7 @@ def test_end_to_end_with_a_real_dataloader():
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     timer = StepTimer(device="auto")
-    for x, y in timer.iter(loader):
-        with timer.phase("h2d"):
-            x, y = x.to("cpu", non_blocking=True), y.to("cpu", non_blocking=True)
-        with timer.phase("forward"):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        with timer.phase("backward"):
-            loss.backward()
-        with timer.phase("optimizer"):
-            opt.step()
-            opt.zero_grad()
+    train_epoch(timer, loader, model, opt, "cpu")
     assert timer.device == "cpu"
     assert timer.steps == 4 and timer.samples == 64
     totals = timer.totals
@@ -493,16 +498,7 @@ def test_real_cuda_loop(sync):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     batches = [(torch.randn(256, 512), torch.randint(0, 10, (256,))) for _ in range(20)]
     timer = StepTimer(device="auto", sync=sync)
-    for x, y in timer.iter(batches):
-        with timer.phase("h2d"):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        with timer.phase("forward"):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        with timer.phase("backward"):
-            loss.backward()
-        with timer.phase("optimizer"):
-            opt.step()
-            opt.zero_grad()
+    train_epoch(timer, batches, model, opt, dev)
     timer.flush()
     assert timer.device == "cuda" and timer.mode == ("sync" if sync else "events")
     assert timer.steps == 20 and timer.pending == 0 and timer.samples == 20 * 256
