@@ -314,7 +314,6 @@ def test_auto_on_cpu_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-
 def train_epoch(timer, batches, model, opt, device):
     """The loop users write: every step's phases timed, data_wait from the loader."""
     for x, y in timer.iter(batches):
