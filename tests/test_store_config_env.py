@@ -32,6 +32,7 @@ def test_store_round_trip_resolve_and_frame(tmp_path):
     frame = store.frame()
     assert list(frame["median"]) == [2.0, 5.0] and list(frame["machine"]) == ["m1", "m1"]
     assert not list((tmp_path / "results").glob(".*tmp"))  # no temp files left behind
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in store.paths())  # readable by others, like any file
 
 
 def test_store_never_overwrites_a_run(tmp_path):
