@@ -237,6 +237,10 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated zoo script names (default: all)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
+    # Started in the background by a shell without job control, this process and its children
+    # would ignore SIGINT; with a handler here, children start with the default again, so the
+    # SIGINT that ends a long zoo run raises KeyboardInterrupt and its temp dirs are removed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     scripts = zoo_scripts()
     if args.only:
