@@ -104,6 +104,11 @@ def test_command_not_found_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_launched_commands_own_debug_flag_is_not_perfwatchs(tmp_path):
+    proc = run_perfwatch("monitor", "--port", "0", "--", "no-such-command-xyz", "--debug", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
 def test_port_in_use_is_a_one_line_error_and_the_command_never_runs(tmp_path):
     marker = tmp_path / "ran"
     with socket.socket() as taken:

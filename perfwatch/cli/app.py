@@ -1,0 +1,47 @@
+"""The ``perfwatch`` click group and what its commands share: consoles, config, store, options."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..config import Config, load_config
+from ..store import Store
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="perfwatch")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Profiling and continuous benchmarking for PyTorch training pipelines."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+    )
+    ctx.obj = {"debug": debug, "config": load_config()}
+
+
+def config_of(ctx: click.Context) -> Config:
+    return ctx.obj["config"]
+
+
+def store_of(ctx: click.Context, results_dir: Path | None) -> Store:
+    return Store(results_dir or config_of(ctx).results_dir)
+
+
+paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+results_dir_option = click.option(
+    "--results-dir", type=click.Path(path_type=Path, file_okay=False),
+    help="Where runs are stored (default: .perfwatch/results or results_dir in config).",
+)
+
+
