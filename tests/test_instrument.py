@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -312,6 +313,34 @@ def test_auto_on_cpu_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_under_perfwatch_profile_a_timer_publishes_its_totals_by_itself(tmp_path):
+    code = (
+        "from perfwatch.instrument import StepTimer\n"
+        "timer = StepTimer('cpu')\n"
+        "for _ in timer.iter(range(4)):\n"
+        "    with timer.phase('forward'): pass\n"
+    )
+    env = {**os.environ, "PERFWATCH_PROFILE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
+    [published] = tmp_path.glob("steptimer-*.json")  # written at exit, no call in the script
+    assert json.loads(published.read_text())["steps"] == 4
+
+
+def test_an_unwritable_profile_dir_never_reaches_the_loop(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    code = (
+        "from perfwatch.instrument import StepTimer\n"
+        "timer = StepTimer('cpu')\n"
+        "for _ in timer.iter(range(4)):\n"
+        "    pass\n"
+        "print(timer.steps)\n"
+    )
+    env = {**os.environ, "PERFWATCH_PROFILE_DIR": str(blocked)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "4"
 
 
 def train_epoch(timer, batches, model, opt, device):
