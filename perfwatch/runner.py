@@ -83,21 +83,22 @@ class ChildOutcome:
 
 
 def kill_tree(pid: int) -> None:
-    """Kill a worker, its process group and every descendant.
+    """Kill a process, the process group it leads (if any) and every descendant.
 
     The group alone is not enough: torchrun starts its ranks in sessions of their own.
     """
     try:
-        descendants = psutil.Process(pid).children(recursive=True)
+        process = psutil.Process(pid)
+        members = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
-        descendants = []
+        members = []
     try:
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except ProcessLookupError:  # not a group leader, or already gone
         pass
-    for child in descendants:
+    for member in members:
         try:
-            child.kill()
+            member.kill()
         except psutil.NoSuchProcess:
             pass
 

@@ -36,6 +36,7 @@ import psutil
 
 from perfwatch.collector import Collector
 from perfwatch.env import cpu_model
+from perfwatch.runner import kill_tree
 from perfwatch.stats import iqr, median
 
 WORKLOAD = textwrap.dedent(
@@ -78,9 +79,7 @@ def workload(workers: int) -> Iterator[subprocess.Popen]:
             sys.exit("the DataLoader workload did not start")
         yield child
     finally:
-        for descendant in psutil.Process(child.pid).children(recursive=True):
-            descendant.kill()
-        child.kill()
+        kill_tree(child.pid)
         child.wait()
 
 

@@ -30,9 +30,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-import psutil
-
 from perfwatch.env import cpu_model
+from perfwatch.runner import kill_tree
 from perfwatch.stats import quantile
 
 from collector_cost import NODE_EXPORTER_NAMES, node_exporter  # a sibling script
@@ -96,9 +95,7 @@ def running(command: list[str]) -> Iterator[subprocess.Popen]:
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
-            for member in psutil.Process(process.pid).children(recursive=True):
-                member.kill()
-            process.kill()
+            kill_tree(process.pid)
             process.wait()
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import write_suite
-from perfwatch.runner import busy_warning, discover, run_suite, select
+from conftest import TREE_CHILD, write_suite
+from perfwatch.runner import busy_warning, discover, kill_tree, run_suite, select
 from perfwatch.errors import UserError
 
 SUITE = '''
@@ -158,6 +160,17 @@ time_spawns_and_hangs.timeout = 3
     assert run.benchmarks[0].status == "timeout"
     grandchild = psutil.Process(int(pid_file.read_text()))
     grandchild.wait(timeout=5)  # raises TimeoutExpired if it survived
+
+
+def test_kill_tree_kills_a_child_that_leads_no_group_and_its_children():
+    process = subprocess.Popen([sys.executable, "-c", TREE_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "ready"
+    children = psutil.Process(process.pid).children(recursive=True)
+    kill_tree(process.pid)  # same process group as pytest: only the tree may die
+    assert process.wait(30) == -9
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
 
 
 def test_a_busy_machine_is_called_out():
