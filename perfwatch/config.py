@@ -1,7 +1,9 @@
 """Project settings: ``perfwatch.toml`` or ``[tool.perfwatch]`` in ``pyproject.toml``.
 
 Settings are read once into a frozen dataclass. Unknown keys are an error, not
-silently ignored, so a typo never quietly changes what CI measures.
+silently ignored, so a typo never quietly changes what CI measures. Two settings are
+tables (``[tool.perfwatch.thresholds]`` / ``[thresholds]`` and ``[...alerts]``),
+validated here so a bad one fails at start-up, not after a 15-minute suite.
 """
 
 from __future__ import annotations
@@ -13,20 +15,35 @@ from typing import Any
 
 from .errors import UserError
 from .suite import SIZES
+from .thresholds import ThresholdError, Thresholds, parse_thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+URL_SCHEMES = ("http://", "https://")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where ``perfwatch ci`` sends alerts: URLs as written in the config, None when unset."""
+
+    webhook: str | None = None
+    alertmanager: str | None = None
+    pushgateway: str | None = None
+
 
 @dataclass(frozen=True)
 class Config:
-    """Where results live, which suite paths run by default, and the default suite size."""
+    """Where results live, which suite paths run by default, the default suite size,
+    per-benchmark regression thresholds and alert sinks."""
 
     results_dir: Path = Path(".perfwatch/results")
     paths: tuple[Path, ...] = ()
     suite: str = "quick"
+    thresholds: Thresholds = Thresholds()
+    alerts: AlertSettings = AlertSettings()
     source: str | None = None  # the file these settings came from, for messages
 
 
@@ -79,7 +96,27 @@ def load_config(start: Path | None = None) -> Config:
         if suite not in SIZES:
             raise UserError(f"{source}: perfwatch setting suite = {suite!r}; use one of {', '.join(SIZES)}")
         values["suite"] = suite
+    if "thresholds" in table:
+        try:
+            values["thresholds"] = parse_thresholds(_expect(table, "thresholds", dict, source))
+        except ThresholdError as exc:
+            raise UserError(f"{source}: perfwatch setting 'thresholds': {exc}") from None
+    if "alerts" in table:
+        values["alerts"] = _alert_settings(_expect(table, "alerts", dict, source), source)
     return Config(**values)
+
+
+def _alert_settings(table: dict[str, Any], source: Path) -> AlertSettings:
+    """The alerts table: known sink names only, each an http(s) URL."""
+    known = {f.name for f in fields(AlertSettings)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown alert sink {unknown[0]!r} in 'alerts'; "
+                        f"known sinks: {', '.join(sorted(known))}")
+    for key, url in table.items():
+        if not isinstance(url, str) or not url.startswith(URL_SCHEMES):
+            raise UserError(f"{source}: alerts.{key} = {url!r} must be an http:// or https:// URL")
+    return AlertSettings(**table)
 
 
 def _expect(table: dict[str, Any], key: str, kind: type, source: Path) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perfwatch.config import load_config
+from perfwatch.config import AlertSettings, load_config
 from perfwatch.env import fingerprint, git_state
 from perfwatch.errors import UserError
 from perfwatch.results import BenchResult, RunRecord, new_run_id
@@ -65,6 +65,11 @@ def test_config_from_pyproject_and_perfwatch_toml(tmp_path):
         ('suite = "huge"\n', "suite = 'huge'; use one of quick, ci, full"),
         ("paths = 3\n", "'paths' must be a list"),
         ("suite = \n", "invalid TOML"),
+        ('[thresholds]\n"loader.*" = "5 percent"\n', "'thresholds': threshold '5 percent' for 'loader.*' is not a number"),
+        ('[thresholds]\n"loader.*" = 5\n', "threshold 5 for 'loader.*' is ambiguous"),
+        ('thresholds = "5%"\n', "'thresholds' must be a dict"),
+        ('[alerts]\nslack = "https://x"\n', "unknown alert sink 'slack' in 'alerts'; known sinks: alertmanager, pushgateway"),
+        ('[alerts]\npushgateway = "pgw:9091"\n', "alerts.pushgateway = 'pgw:9091' must be an http:// or https:// URL"),
     ],
 )
 def test_bad_settings_name_the_file_and_key(tmp_path, text, needle):
@@ -72,6 +77,21 @@ def test_bad_settings_name_the_file_and_key(tmp_path, text, needle):
     with pytest.raises(UserError, match="perfwatch.toml") as info:
         load_config(tmp_path)
     assert needle in str(info.value)
+
+
+def test_thresholds_and_alerts_from_config(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.perfwatch.thresholds]\n"loader.*" = "5%"\n"loader.time_decode*" = 0.12\n"*" = "7%"\n'
+        '[tool.perfwatch.alerts]\nwebhook = "https://hooks.example.com/T0"\nalertmanager = "http://am:9093"\n'
+    )
+    config = load_config(tmp_path)
+    assert config.thresholds.for_name("loader.time_decode(workers=4)") == 0.12  # the most specific pattern wins
+    assert config.thresholds.for_name("loader.time_read") == 0.05
+    assert config.thresholds.for_name("training.time_step") == 0.07
+    assert config.alerts == AlertSettings(webhook="https://hooks.example.com/T0", alertmanager="http://am:9093")
+    (tmp_path / "perfwatch.toml").write_text('[thresholds]\n"training.*" = "10%"\n')
+    assert load_config(tmp_path).thresholds.for_name("training.x") == 0.10
+    assert load_config(tmp_path).alerts == AlertSettings()
 
 
 def test_fingerprint_records_threads_and_git_state(tmp_path, monkeypatch):
