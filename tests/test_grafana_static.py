@@ -42,8 +42,8 @@ def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"promtool failed:\n{result.stdout}\n{result.stderr}"
 
 
-def test_the_training_and_host_dashboards_are_shipped():
-    assert {path.stem for path in DASHBOARDS} == {"training", "host"}
+def test_the_training_host_and_benchmarks_dashboards_are_shipped():
+    assert {path.stem for path in DASHBOARDS} == {"training", "host", "benchmarks"}
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
