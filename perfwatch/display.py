@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import stats
@@ -49,10 +50,10 @@ def results_table(run: RunRecord) -> Table:
         style = STATUS_STYLE.get(b.status, "")
         arrow = " ↑" if b.higher_is_better else ""
         if b.samples:
-            table.add_row(b.name, f"[{style}]{b.status}[/]", format_value(stats.median(b.samples), b.unit) + arrow,
+            table.add_row(escape(b.name), f"[{style}]{b.status}[/]", format_value(stats.median(b.samples), b.unit) + arrow,
                           format_spread(b.samples), str(len(b.samples)))
         else:
-            table.add_row(b.name, f"[{style}]{b.status}[/]", f"[{style}]{b.error or ''}[/]", "", "0")
+            table.add_row(escape(b.name), f"[{style}]{b.status}[/]", f"[{style}]{escape(b.error or '')}[/]", "", "0")
     return table
 
 

@@ -88,6 +88,13 @@ def test_a_benchmark_that_raises_exits_3_and_is_stored(project):
     assert broken["status"] == "failed" and broken["samples"] == []
 
 
+def test_names_and_errors_that_look_like_markup_are_shown_as_written(project):
+    write_suite(project / "suites", "odd.py", "def time_broken():\n    raise KeyError('[bold]list[int][/bold]')\n")
+    proc = run_perfwatch("run", cwd=project)
+    shown = run_perfwatch("show", cwd=project)
+    assert proc.returncode == 3 and "[bold]list[int][/bold]" in shown.stdout
+
+
 def test_debug_shows_the_traceback(project):
     write_suite(project / "suites", "bad.py", "def time_broken():\n    raise RuntimeError('no luck')\n")
     proc = run_perfwatch("--debug", "run", "--filter", "broken", cwd=project)
