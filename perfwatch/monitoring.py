@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +20,7 @@ from .collector import Collector
 from .errors import UserError
 from .exporter import PUSH_INTERVAL_S, Exporter, PerfwatchMetrics, TrainingMetrics
 from .instrument import StepTimer
+from .launch import ForwardedSignals, exit_code, launch
 
 log = logging.getLogger(__name__)
 
@@ -115,66 +114,6 @@ monitor = Monitor  # the public spelling: ``with perfwatch.monitor(...) as mon:`
 # ---------------------------------------------------------------- perfwatch monitor
 
 
-def _terminal_sent(signum: int) -> bool:
-    """Whether a SIGINT most likely came from the terminal, which sends it to the whole
-    foreground process group: the command got it too and must not get it twice."""
-    if signum != signal.SIGINT:
-        return False
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd):
-                return os.tcgetpgrp(fd) == os.getpgrp()
-        except OSError:
-            continue
-    return False
-
-
-def _exit_code(returncode: int) -> int:
-    """A command killed by signal N exits 128 + N, as in a shell."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _launch(command: Sequence[str]) -> subprocess.Popen:
-    """The command with perfwatch's stdin, stdout and stderr; UserError when it cannot start."""
-    try:
-        return subprocess.Popen(list(command))
-    except FileNotFoundError:
-        raise UserError(f"command not found: {command[0]}") from None
-    except PermissionError:
-        raise UserError(f"cannot execute {command[0]}: permission denied") from None
-    except OSError as exc:
-        raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
-
-
-class _Signals:
-    """SIGINT/SIGTERM handlers for the time of ``serve()``: remember the signal, and forward
-    it to the launched command if any. Handlers only assign and forward: they may run in
-    the middle of any main-thread code, so they take no lock."""
-
-    def __init__(self) -> None:
-        self.child: subprocess.Popen | None = None
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received = signum
-        child = self.child
-        if child is not None and child.returncode is None and not _terminal_sent(signum):
-            try:
-                child.send_signal(signum)
-            except ProcessLookupError:  # exited a moment ago
-                pass
-
-
 def serve(
     *,
     port: int = DEFAULT_PORT,
@@ -204,13 +143,13 @@ def serve(
                         grouping_key={"instance": socket.gethostname()}).start()
     say(f"serving metrics on {exporter.server.url}")
     try:
-        with _Signals() as signals:
+        with ForwardedSignals() as signals:
             if command:
-                signals.child = child = _launch(command)
+                signals.child = child = launch(command)
                 metrics.collector = collector = Collector(child.pid, interval=interval, uss_interval=uss_interval)
             collector.start()
             if command:
-                return _exit_code(child.wait())
+                return exit_code(child.wait())
             while signals.received is None and not exited.wait(WAKE_S):
                 pass
             if exited.is_set():

@@ -62,12 +62,12 @@ from . import diagnose as dx
 from .collector import Collector, Snapshot
 from .env import fingerprint
 from .errors import UserError
-from .monitoring import _exit_code, _Signals
+from .instrument import PROFILE_DIR_ENV
+from .launch import ForwardedSignals, exit_code, launch
 from .store import write_atomic
 
 log = logging.getLogger(__name__)
 
-PROFILE_DIR_ENV = "PERFWATCH_PROFILE_DIR"
 TORCH_PROFILER_ENV = "PERFWATCH_TORCH_PROFILER_SECONDS"
 REPORT_FORMAT_VERSION = 1
 DEFAULT_RATE = 100  # py-spy's own default
@@ -85,6 +85,8 @@ TORCH_PROFILE_WAIT_S = 60.0  # after --duration, how long the report waits for t
 # ---------------------------------------------------------------- StepTimer channel
 
 _timer_serial = itertools.count()
+# id(timer) -> its file. Safe as a key: the atexit hook keeps every published timer alive, so no id is reused.
+_published: dict[int, Path] = {}
 
 
 def publish_timer(timer: Any, directory: str | os.PathLike | None = None, every: float = PUBLISH_EVERY_S,
@@ -95,11 +97,15 @@ def publish_timer(timer: Any, directory: str | os.PathLike | None = None, every:
     when neither is set this does nothing and returns None) at interpreter exit and, from a
     step listener that reads the clock once per step, at most every ``every`` seconds, so a
     run stopped by ``--duration`` still leaves recent totals. Returns the file it writes.
+    A StepTimer calls this itself when ``$PERFWATCH_PROFILE_DIR`` is set; another call for
+    the same timer returns the same file, so its steps are never counted twice.
     """
+    if id(timer) in _published:  # the StepTimer publishes itself under `perfwatch profile`: never count it twice
+        return _published[id(timer)]
     directory = directory if directory is not None else os.environ.get(PROFILE_DIR_ENV)
     if not directory:
         return None
-    path = Path(directory) / f"steptimer-{os.getpid()}-{next(_timer_serial)}.json"
+    path = _published[id(timer)] = Path(directory) / f"steptimer-{os.getpid()}-{next(_timer_serial)}.json"
     due = [clock() + every]
 
     def write() -> None:
@@ -774,7 +780,7 @@ def _sample(child: subprocess.Popen, out: Path, options: ProfileOptions, pyspy: 
 def run_profile(command: Sequence[str], options: ProfileOptions,
                 say: Callable[[str], None] = log.info) -> ProfileResult:
     """Launch ``command`` (stdin, stdout and stderr pass through), profile it and write
-    ``report.json`` and ``report.md`` into ``options.out``.
+    ``report.json``, ``report.md`` and ``report.html`` (with figures) into ``options.out``.
 
     Returns the report and the exit code: the command's own (128 + N when killed by
     signal N), or 0 when perfwatch stopped it at ``duration``. UserError, before anything
@@ -788,12 +794,8 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
         say("py-spy is not installed (pip install py-spy); continuing with a collector-only diagnosis")
     env = _command_env(out, options)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with _Signals() as signals:
-        try:
-            child = subprocess.Popen(list(command), env=env)
-        except OSError as exc:
-            raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
-        signals.child = child
+    with ForwardedSignals() as signals:
+        signals.child = child = launch(command, env)
         try:  # whatever fails in here, the command is the user's: it runs to its end
             sampler, reason, pyspy_status = _sample(child, out, options, pyspy, say)
             stopped = False
@@ -808,13 +810,13 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
                     stopped = True
             _tidy(out)
             report = build_report(command, created, sampler, reason, pyspy_status, options, env, out)
-            report["run"].update(exit_code=None if child.returncode is None else _exit_code(child.returncode),
+            report["run"].update(exit_code=None if child.returncode is None else exit_code(child.returncode),
                                  stopped_by_perfwatch=stopped)
             write_report(report, out)
-            say(f"report: {out / 'report.md'}  (primary bottleneck: {report['bottleneck']['primary']}, "
+            say(f"report: {out / 'report.html'}  (primary bottleneck: {report['bottleneck']['primary']}, "
                 f"confidence {report['bottleneck']['confidence']:.2f})")
         finally:
-            code = _exit_code(child.wait())
+            code = exit_code(child.wait())
     return ProfileResult(report, out, 0 if stopped else code)
 
 
@@ -921,77 +923,18 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-# ---------------------------------------------------------------- report.md
+# ---------------------------------------------------------------- report.json, report.md, report.html
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """``report.json`` and ``report.md``, each written atomically."""
-    report["artifacts"] = sorted(set(report["artifacts"]) | {"report.json", "report.md"})
+    """``report.json`` first, so the diagnosis is on disk whatever happens while drawing; then
+    the figures, ``report.md`` and ``report.html`` (report.py), and ``report.json`` again with
+    the figures in its artifacts. Each file is written atomically."""
+    from .report import draw_profile_figures, write_profile_pages  # report.py reads this module's stacks
+
+    report["artifacts"] = sorted(set(report["artifacts"]) | {"report.json", "report.md", "report.html"})
     write_atomic(out / "report.json", json.dumps(report, indent=1))
-    write_atomic(out / "report.md", render_markdown(report))
-
-
-_LIBRARY = re.compile(r".*/(?:site-packages|dist-packages|lib/python3\.\d+)/")
-
-
-def _short(path: str) -> str:
-    """A library file from its package (torch/optim/adam.py), the user's relative to the working directory."""
-    library = _LIBRARY.match(path)
-    if library:
-        return path[library.end():]
-    relative = os.path.relpath(path) if os.path.isabs(path) else path
-    return path if relative.startswith("..") else relative
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """A readable summary: primary bottleneck, shares, findings, recommendations, top functions."""
-    b = report["bottleneck"]
-    run = report["run"]
-    lines = [f"# perfwatch profile: {' '.join(report['command'])}", "",
-             f"**Primary bottleneck: {b['primary']}** (confidence {b['confidence']:.2f}, from {b['source']}, "
-             f"{b['samples']} {'steps' if b['source'] == 'steptimer' else 'samples'}); profiled {run['seconds']:.1f} s, "
-             f"ended by {run['ended_by']}, exit code {run.get('exit_code')}.", ""]
-    if b["shares"]:
-        lines += ["| category | share of wall time |", "|---|---:|"]
-        lines += [f"| {name} | {share:.1%} |" for name, share in sorted(b["shares"].items(), key=lambda kv: -kv[1])]
-        lines += ["", "Phases: " + ", ".join(f"{k} {v:.1%}" for k, v in report["phases"].items() if v >= 0.005), ""]
-    else:
-        lines += [f"No phase shares: {b['basis']}.", ""]
-    lines += ["## Findings", ""]
-    lines += [f"- **{f['title']}** ({f['severity']})" for f in report["findings"]] or ["- none"]
-    lines += ["", "## Recommendations", ""]
-    for i, rec in enumerate(report["recommendations"], 1):
-        bound = rec["expected_gain"]["speedup_at_most"]
-        lines += [f"{i}. **{rec['title']}** — expected gain: " + (f"at most {bound:.2f}x" if bound else "unbounded by the shares"),
-                  f"   - evidence: {rec['evidence']}", f"   - why this bound: {rec['expected_gain']['reasoning']}"]
-    if not report["recommendations"]:
-        lines += ["none"]
-    pyspy = report["pyspy"]
-    lines += ["", "## Where the training thread spends its time (py-spy)", ""]
-    if pyspy["top_functions"]:
-        lines += ["| function | file | self | total | phase |", "|---|---|---:|---:|---|"]
-        lines += [f"| `{f['function']}` | {_short(f['file'])} | {f['self_share']:.1%} | {f['total_share']:.1%} | "
-                  f"{f.get('phase', '')} |" for f in pyspy["top_functions"]]
-    else:
-        lines += [f"py-spy: {pyspy['status']}."]
-    if pyspy["worker_top_functions"]:
-        lines += ["", "DataLoader workers:", "", "| function | file | self |", "|---|---|---:|"]
-        lines += [f"| `{f['function']}` | {_short(f['file'])} | {f['self_share']:.1%} |"
-                  for f in pyspy["worker_top_functions"]]
-    r = report["measurements"]["resources"]
-    lines += ["", "## Resources (Collector)", "",
-              f"- cores {r['cores']}, host CPU busy {_pct(r['host_busy_ratio'])}, iowait {_pct(r['host_iowait_ratio'])}",
-              f"- training process {_num(r['main_cpu_cores'])} cores; {r['workers_max']} workers using "
-              f"{_num(r['worker_cpu_cores'])} cores",
-              f"- memory available at least {_pct(r['memory_available_ratio_min'])}; GPU utilization "
-              f"{_pct(r['gpu_utilization_mean'])}", ""]
-    lines += ["Artifacts: " + ", ".join(report["artifacts"]), ""]
-    return "\n".join(lines)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    figures = draw_profile_figures(report, out)
+    report["artifacts"] = sorted(set(report["artifacts"]) | {figure.name for figure in figures})
+    write_atomic(out / "report.json", json.dumps(report, indent=1))
+    write_profile_pages(report, figures, out)

@@ -237,8 +237,15 @@ def test_duration_with_stop_interrupts_the_command_and_exits_0(tmp_path):
 
 
 def test_duration_with_keep_running_reports_early_and_then_waits_for_the_command(tmp_path):
-    finished = tmp_path / "finished"
-    command = script(tmp_path, BUSY.format(seconds=3.5) + f"open({str(finished)!r}, 'w').close()\nsys.exit(4)\n")
+    finished, page = tmp_path / "finished", tmp_path / "out" / "report.html"  # report.html is written last
+    command = script(tmp_path, f"""
+        import os, sys, time
+        end = time.monotonic() + 60
+        while not os.path.exists({str(page)!r}) and time.monotonic() < end:
+            sum(range(10000))
+        open({str(finished)!r}, 'w').close()
+        sys.exit(4)
+    """)
     result, report, out = profile(tmp_path, "--duration", "1.5", command=command)
     assert result.returncode == 4
     assert report["run"]["ended_by"] == "duration" and report["run"]["stopped_by_perfwatch"] is False
@@ -292,7 +299,7 @@ def test_a_steptimer_in_the_script_gives_exact_phase_shares(tmp_path):
         from perfwatch.profile import publish_timer
 
         timer = StepTimer("cpu")
-        publish_timer(timer)  # what StepTimer does by itself under `perfwatch profile`
+        publish_timer(timer)  # the timer already publishes itself: an old-style extra call must not count twice
         for batch in timer.iter(range(30)):
             with timer.phase("data_wait"):
                 time.sleep(0.03)

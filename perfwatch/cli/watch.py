@@ -41,7 +41,8 @@ def monitor(port: int, bind: str, interval: float, push: str | None, pid: int | 
 
 @cli.command("profile", context_settings={"allow_interspersed_args": False})
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Directory for report.json, report.md and the raw samples (default: reports/profile-<time>).")
+              help="Directory for report.json, report.md, report.html, their figures and the raw samples "
+                   "(default: reports/profile-<time>).")
 @click.option("--duration", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Stop sampling after this long (default: when the command exits).")
 @click.option("--keep-running/--stop-at-duration", default=True, show_default=True,
@@ -57,9 +58,9 @@ def profile_command(out: Path | None, duration: float | None, keep_running: bool
     """Find the bottleneck of a training command: `perfwatch profile -- python train.py ...`.
 
     Runs the command unmodified (its input and output pass through) under the collector and
-    py-spy, then writes report.json and report.md: the primary bottleneck (data loading,
-    host-to-device copies, compute or other), its evidence and the knobs to turn. Exits
-    with the command's exit code.
+    py-spy, then writes report.json, report.md and report.html (with figures): the primary
+    bottleneck (data loading, host-to-device copies, compute or other), its evidence and the
+    knobs to turn. Exits with the command's exit code.
     """
     from ..profile import ProfileOptions, run_profile
 
