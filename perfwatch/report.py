@@ -1,43 +1,30 @@
 """HTML and Markdown reports with matplotlib figures, for a ``perfwatch profile`` and for a stored benchmark run.
 
-A report is built once as a list of blocks (headings, text, tables, lists, figures) and
-rendered twice, so both files always say the same thing:
-
-* ``report.md``, with the figures as PNG/SVG files next to it;
-* ``report.html``, self-contained: CSS inline, figures embedded as ``data:`` URIs and the
-  flame graph as inline SVG, a Content-Security-Policy that allows no URL at all, so it
-  opens from disk anywhere. An image that fails to decode is marked on the page.
-
-Every string from outside (command lines, function names, file paths, evidence, benchmark
-names) is escaped by the renderers, never by the code that builds the blocks. Figures use
-matplotlib's object API (``Figure`` with the Agg renderer, no pyplot state), imported
-only when a report is drawn.
+The figures and the content of each report; pages.py renders them as ``report.md`` and a
+self-contained ``report.html``, flamegraph.py draws the flame graph. Figures use
+matplotlib's object API (``Figure`` with the Agg renderer, no pyplot state), imported only
+when a report is drawn.
 """
 
 from __future__ import annotations
 
-import base64
-import colorsys
-import hashlib
-import html
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from . import stats
 from .baseline import DEFAULT_BASELINE, Comparison, load_baseline, machine_differences
 from .ci_report import change_text, median_text, p_text, summary_line
 from .compare import Verdict, compare_runs
 from .display import env_line, format_value
-from .profile import Stack, frame_phase, parse_collapsed, prepare_out_dir
+from .flamegraph import PHASE_COLOURS, flame_graph_svg, short_path
+from .pages import Block, Document, Figure, Heading, Item, Items, Table, Text, write_pages
+from .profile import parse_collapsed, prepare_out_dir
 from .results import BenchResult, RunRecord
-from .store import write_atomic
 from .thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -45,215 +32,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
 FIGURE_DPI = 100
-FLAME_WIDTH = 1200
-FLAME_ROW = 16
-FLAME_MIN_SHARE = 0.001  # frames narrower than 0.1% of all samples are left out, as flamegraph.pl does
-FLAME_CHAR_PX = 6.6  # average glyph width of the 11px font, to cut labels that do not fit
-PHASE_COLOURS = {
-    "data_loading": "#d62728", "host_to_device": "#ff7f0e", "forward": "#1f77b4", "backward": "#3b8fd1",
-    "optimizer": "#17becf", "sync": "#9467bd", "checkpoint": "#8c564b", "logging": "#bcbd22", "other": "#9a9a9a",
-}
 CATEGORY_COLOURS = {"data_loading": "#d62728", "host_to_device": "#ff7f0e", "compute": "#0b3d91", "other": "#9a9a9a"}
 VERDICT_COLOURS = {"regressed": "#d62728", "improved": "#2ca02c", "unchanged": "#1f77b4", "too-noisy": "#ff7f0e"}
 ROW_CLASS = {"failed": "bad", "timeout": "bad", "regressed": "bad", "improved": "good", "too-noisy": "warn"}
-
-
-# ---------------------------------------------------------------- the document model
-
-
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Text:
-    """A paragraph: ``lead`` in bold, then ``text``; ``highlight`` sets it apart (the verdict of the report)."""
-
-    text: str
-    lead: str = ""
-    highlight: bool = False
-
-
-@dataclass(frozen=True)
-class Table:
-    """Cells are plain strings; ``numeric`` columns align right, ``code`` columns are code;
-    ``row_classes`` (HTML only) colours rows such as failures and regressions."""
-
-    columns: tuple[str, ...]
-    rows: list[tuple[str, ...]]
-    numeric: frozenset[int] = frozenset()
-    code: frozenset[int] = frozenset()
-    row_classes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Item:
-    title: str
-    tag: str = ""  # an identifier shown as code (a recommendation's id)
-    note: str = ""
-    details: tuple[tuple[str, str], ...] = ()  # (label, text)
-
-
-@dataclass(frozen=True)
-class Items:
-    items: list[Item]
-    ordered: bool = False
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A figure file next to the report: ``data`` is its content, PNG or SVG (by ``name``)."""
-
-    name: str
-    caption: str
-    data: bytes
-
-    @property
-    def svg(self) -> bool:
-        return self.name.endswith(".svg")
-
-
-Block = Union[Heading, Text, Table, Items, Figure]
-
-
-@dataclass(frozen=True)
-class Document:
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- Markdown
-
-_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|&~$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
-
-
-def md_escape(text: str) -> str:
-    """Plain text for Markdown: punctuation that would start markup or raw HTML is backslash-escaped
-    (an underscore inside a word is left alone: it never starts emphasis)."""
-    return _MD_SPECIAL.sub(lambda m: "\\" + m[0], " ".join(str(text).split()))
-
-
-def md_code(text: str) -> str:
-    """A code span that holds any text, backticks included."""
-    text = " ".join(str(text).split())
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def _md_cell(text: str, code: bool) -> str:
-    return md_code(text).replace("|", "\\|") if code else md_escape(text)
-
-
-def to_markdown(doc: Document) -> str:
-    lines = [f"# {md_escape(doc.title)}", ""]
-    for block in doc.blocks:
-        if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + md_escape(block.text), ""]
-        elif isinstance(block, Text):
-            lead = f"**{md_escape(block.lead)}**" if block.lead else ""
-            lines += [(lead + (" " if lead and block.text else "") + md_escape(block.text)), ""]
-        elif isinstance(block, Table):
-            lines.append("| " + " | ".join(md_escape(c) for c in block.columns) + " |")
-            rule = ("---:" if i in block.numeric else "---" for i in range(len(block.columns)))
-            lines.append("|" + "|".join(rule) + "|")
-            lines += ["| " + " | ".join(_md_cell(cell, i in block.code) for i, cell in enumerate(row)) + " |"
-                      for row in block.rows]
-            lines.append("")
-        elif isinstance(block, Items):
-            for n, item in enumerate(block.items, 1):
-                head = f"{n}." if block.ordered else "-"
-                tag = f" ({md_code(item.tag)})" if item.tag else ""
-                note = f" — {md_escape(item.note)}" if item.note else ""
-                lines.append(f"{head} **{md_escape(item.title)}**{tag}{note}")
-                lines += [f"   - {md_escape(label)}: {md_escape(text)}" for label, text in item.details]
-            lines.append("")
-        else:
-            lines += [f"![{md_escape(block.caption)}]({block.name})", ""]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- HTML
-
-# Marks a figure whose image did not decode: visible to the reader (CSS below) and to tests.
-_ON_IMAGE_ERROR = "this.parentNode.dataset.failed='1'"
-_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-hashes' 'sha256-"
-        + base64.b64encode(hashlib.sha256(_ON_IMAGE_ERROR.encode()).digest()).decode() + "'")
-_CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d1d1f;margin:0;background:#fafafa}
-main{max-width:1240px;margin:0 auto;padding:24px 32px 48px;background:#fff}
-h1{font-size:1.5em;overflow-wrap:anywhere}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-.summary{font-size:1.15em;background:#fff4e5;border-left:5px solid #ff7f0e;padding:10px 14px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:.9em}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f2f2f2}
-td.num{text-align:right;white-space:nowrap}tr.bad td{background:#fde8e8}tr.good td{background:#e8f6e8}
-tr.warn td{background:#fff6e0}code{font:.92em ui-monospace,Menlo,Consolas,monospace;overflow-wrap:anywhere}
-li{margin:6px 0}li ul{margin:2px 0}.label{color:#555}.tag{color:#555}
-figure{margin:12px 0 20px}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figure .flame svg{width:100%;height:auto;border:1px solid #eee}figcaption{color:#555;font-size:.9em}
-figure[data-failed]::after{content:"image failed to load";display:block;color:#b00;font-weight:bold}
-"""
-
-
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _class(css: str) -> str:
-    return f' class="{css}"' if css else ""
-
-
-def _html_block(block: Block) -> str:
-    if isinstance(block, Heading):
-        return f"<h{block.level}>{_esc(block.text)}</h{block.level}>"
-    if isinstance(block, Text):
-        lead = f"<strong>{_esc(block.lead)}</strong> " if block.lead else ""
-        return f"<p{_class('summary' if block.highlight else '')}>{lead}{_esc(block.text)}</p>"
-    if isinstance(block, Table):
-        head = "".join(f"<th>{_esc(c)}</th>" for c in block.columns)
-        body = []
-        for r, row in enumerate(block.rows):
-            css = block.row_classes[r] if r < len(block.row_classes) else ""
-            cells = "".join(
-                f"<td{_class('num' if i in block.numeric else '')}>"
-                + (f"<code>{_esc(cell)}</code>" if i in block.code and cell else _esc(cell)) + "</td>"
-                for i, cell in enumerate(row))
-            body.append(f"<tr{_class(css)}>{cells}</tr>")
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    if isinstance(block, Items):
-        tag = "ol" if block.ordered else "ul"
-        items = []
-        for item in block.items:
-            details = "".join(f"<li><span class=\"label\">{_esc(label)}:</span> {_esc(text)}</li>"
-                              for label, text in item.details)
-            items.append(f"<li><strong>{_esc(item.title)}</strong>"
-                         + (f" <code class=\"tag\">{_esc(item.tag)}</code>" if item.tag else "")
-                         + (f" — {_esc(item.note)}" if item.note else "")
-                         + (f"<ul>{details}</ul>" if details else "") + "</li>")
-        return f"<{tag}>{''.join(items)}</{tag}>"
-    caption = f"<figcaption>{_esc(block.caption)}</figcaption>"
-    if block.svg:  # inline, so that its tooltips work; our own SVG, its strings escaped when drawn
-        return f"<figure><div class=\"flame\">{block.data.decode()}</div>{caption}</figure>"
-    source = "data:image/png;base64," + base64.b64encode(block.data).decode()
-    return (f"<figure><img src=\"{source}\" alt=\"{_esc(block.caption)}\" "
-            f"onerror=\"{_ON_IMAGE_ERROR}\">{caption}</figure>")
-
-
-def to_html(doc: Document) -> str:
-    body = "\n".join(_html_block(block) for block in doc.blocks)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_esc(doc.title)}</title><style>{_CSS}</style></head>\n"
-            f"<body><main>\n<h1>{_esc(doc.title)}</h1>\n{body}\n</main></body></html>\n")
-
-
-def write_pages(doc: Document, out: Path) -> None:
-    """``report.md`` and ``report.html`` in ``out``, each written atomically."""
-    write_atomic(out / "report.md", to_markdown(doc))
-    write_atomic(out / "report.html", to_html(doc))
 
 
 # ---------------------------------------------------------------- figures
@@ -277,89 +58,6 @@ def _percent(axis: Axis) -> None:
     from matplotlib.ticker import PercentFormatter
 
     axis.set_major_formatter(PercentFormatter(1.0))
-
-
-# ---------------------------------------------------------------- flame graph
-
-
-@dataclass
-class _Node:
-    name: str
-    phase: str | None = None
-    count: int = 0
-    children: dict[str, _Node] = field(default_factory=dict)
-
-    def child(self, name: str, phase: str | None = None) -> _Node:
-        if name not in self.children:
-            self.children[name] = _Node(name, phase)
-        return self.children[name]
-
-
-def _frame_colour(node: _Node) -> str:
-    """Frames a phase rule knows take the phase's colour; the rest flamegraph.pl's warm hues, by name."""
-    if node.phase is not None:
-        return PHASE_COLOURS[node.phase]
-    digest = hashlib.md5(node.name.encode()).digest()
-    red, green, blue = colorsys.hls_to_rgb(0.02 + digest[0] / 255 * 0.1, 0.6 + digest[1] / 255 * 0.15, 0.85)
-    return f"#{int(red * 255):02x}{int(green * 255):02x}{int(blue * 255):02x}"
-
-
-def flame_graph_svg(stacks: Sequence[Stack], title: str, width: int = FLAME_WIDTH) -> str:
-    """A flame graph of py-spy's collapsed stacks as standalone SVG, drawn top-down (an icicle,
-    so the widest frames come first on a page): a box per frame as wide as its samples, a
-    tooltip (``<title>``) with the full name and share. The levels under the root are the
-    process and the thread; frames of one function in one file merge whatever their line."""
-    root = _Node("all")
-    for stack in stacks:
-        levels = ([(f"process {stack.pid}", None)] if stack.pid is not None else []) + [
-            (f"thread {stack.thread or stack.tid} ({stack.tid})", None)]
-        levels += [(f"{frame.function} ({short_path(frame.file)})", frame_phase(frame)) for frame in stack.frames]
-        node = root
-        node.count += stack.count
-        for name, phase in levels:
-            node = node.child(name, phase)
-            node.count += stack.count
-    total = max(root.count, 1)
-    boxes: list[tuple[int, float, float, _Node]] = []  # depth, x, width, node
-
-    def place(node: _Node, depth: int, x: float) -> None:
-        boxes.append((depth, x, node.count / total * width, node))
-        for child in sorted(node.children.values(), key=lambda n: n.name):
-            if child.count / total >= FLAME_MIN_SHARE:
-                place(child, depth + 1, x)
-            x += child.count / total * width
-
-    place(root, 0, 0.0)
-    depth = max(d for d, *_ in boxes) + 1
-    top = 28
-    height = top + depth * FLAME_ROW + 4
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="Verdana,sans-serif" font-size="11">',
-             f'<text x="{width / 2:.0f}" y="17" text-anchor="middle" font-size="14">{_esc(title)}</text>']
-    for level, x, w, node in boxes:
-        y = top + level * FLAME_ROW
-        share = node.count / total
-        fits = int((w - 6) / FLAME_CHAR_PX)
-        label = node.name if len(node.name) <= fits else node.name[:fits - 2] + ".."
-        tooltip = f"{node.name} — {node.count} samples ({share:.1%})"
-        tooltip += f", phase {node.phase}" if node.phase else ""
-        text = f'<text x="{x + 3:.1f}" y="{y + 12}">{_esc(label)}</text>' if w >= 3 * FLAME_CHAR_PX + 6 else ""
-        parts.append(f'<g><title>{_esc(tooltip)}</title><rect x="{x:.1f}" y="{y}" width="{max(w - 0.5, 0.5):.1f}" '
-                     f'height="{FLAME_ROW - 1}" fill="{_frame_colour(node)}" rx="2"/>{text}</g>')
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-_LIBRARY = re.compile(r".*/(?:site-packages|dist-packages|lib/python3\.\d+)/")
-
-
-def short_path(path: str) -> str:
-    """A library file from its package (torch/optim/adam.py), the user's relative to the working directory."""
-    library = _LIBRARY.match(path)
-    if library:
-        return path[library.end():]
-    relative = os.path.relpath(path) if os.path.isabs(path) else path
-    return path if relative.startswith("..") else relative
 
 
 # ---------------------------------------------------------------- the profile report

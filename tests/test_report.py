@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_perfwatch
+from perfwatch.flamegraph import flame_graph_svg
+from perfwatch.pages import md_code, md_escape
 from perfwatch.profile import Frame, Stack
-from perfwatch.report import draw_profile_figures, flame_graph_svg, md_code, md_escape, write_profile_pages
+from perfwatch.report import draw_profile_figures, write_profile_pages
 from perfwatch.results import BenchResult, RunRecord, new_run_id
 from perfwatch.store import Store
 
