@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from .baseline import Comparison
 from .compare import VERDICTS, Verdict
 from .display import format_value
+from .pages import md_escape
 from .results import RunRecord
 from .store import write_atomic
 
@@ -32,18 +33,8 @@ VERDICT_ICONS = {
 # a result that could not be judged is skipped with its reason, everything else passes.
 JUNIT_OUTCOME = {"regressed": "failure", "failed": "error", "too-noisy": "skipped", "insufficient": "skipped"}
 
-# CommonMark lets any ASCII punctuation be backslash-escaped; these are the ones that change
-# meaning inside a table cell (emphasis, links, code, HTML, GitHub math, the cell separator).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")
-_CONTROL = re.compile("[\x00-\x1f\x7f]")  # invisible in a report; terminal colour codes, for one
 # Characters XML 1.0 cannot carry at all, even escaped (ElementTree would write them anyway).
 _XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def markdown_text(text: str) -> str:
-    """``text`` as literal Markdown inline content on one line, safe inside a table cell."""
-    one_line = _CONTROL.sub("", " ".join(str(text).split()))
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
 
 
 def xml_text(text: str) -> str:
@@ -85,21 +76,21 @@ def markdown(comparison: Comparison) -> str:
     lines = [
         f"## perfwatch: {summary_line(comparison)}",
         "",
-        f"Baseline {markdown_text(run_line(comparison.baseline))} · "
-        f"candidate {markdown_text(run_line(comparison.candidate))} · {mode}. "
+        f"Baseline {md_escape(run_line(comparison.baseline))} · "
+        f"candidate {md_escape(run_line(comparison.candidate))} · {mode}. "
         "Change is direction-normalised: + is worse, with its confidence interval.",
         "",
     ]
     if comparison.differences:
         lines += ["> [!WARNING]",
-                  f"> Different machines: {markdown_text('; '.join(comparison.differences))}. "
+                  f"> Different machines: {md_escape('; '.join(comparison.differences))}. "
                   "Timings may differ for that reason alone.", ""]
     lines += ["| | Benchmark | Baseline | Candidate | Change [CI] | p | Verdict | Reason |",
               "|---|---|--:|--:|--:|--:|---|---|"]
     for v in comparison.verdicts:
         cells = [VERDICT_ICONS[v.verdict], v.name, median_text(v.baseline_median, v),
                  median_text(v.candidate_median, v), change_text(v), p_text(v), v.verdict, v.reason]
-        lines.append("| " + " | ".join(cells[:1] + [markdown_text(c) for c in cells[1:]]) + " |")
+        lines.append("| " + " | ".join(cells[:1] + [md_escape(c) for c in cells[1:]]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -90,13 +90,18 @@ class Document:
 
 # ---------------------------------------------------------------- Markdown
 
+# CommonMark lets any ASCII punctuation be backslash-escaped; these change meaning inline or in a
+# table cell (emphasis, links, code, HTML, GitHub math, the cell separator).
 _MD_SPECIAL = re.compile(r"[\\`*\[\]<>|&~$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # invisible in a report; terminal colour codes, for one
 
 
 def md_escape(text: str) -> str:
-    """Plain text for Markdown: punctuation that would start markup or raw HTML is backslash-escaped
-    (an underscore inside a word is left alone: it never starts emphasis)."""
-    return _MD_SPECIAL.sub(lambda m: "\\" + m[0], " ".join(str(text).split()))
+    """Plain text as Markdown inline content on one line, safe in a table cell: punctuation that
+    would start markup or raw HTML is backslash-escaped (an underscore inside a word is left
+    alone: it never starts emphasis), control characters are dropped."""
+    one_line = _CONTROL.sub("", " ".join(str(text).split()))
+    return _MD_SPECIAL.sub(lambda m: "\\" + m[0], one_line)
 
 
 def md_code(text: str) -> str:

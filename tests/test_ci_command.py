@@ -68,9 +68,9 @@ def test_markdown_escapes_every_user_string():
     assert len(rows) == 6  # the header and one row per benchmark
     for row in rows:  # no cell can split: 8 cells, 9 unescaped pipes
         assert row.replace("\\|", "").count("|") == 9, row
-    pipe = next(r for r in rows if "time\\_pipe" in r)
+    pipe = next(r for r in rows if "time_pipe" in r)  # an underscore inside a word starts no emphasis
     assert "sep='\\|', cls=\\<int\\>" in pipe and "🔴" in pipe and "+20.0% \\[" in pipe
-    assert "t.time\\_same\\*" in text and "\x1b" not in text and "\\& \\<tag\\>" in text
+    assert "t.time_same\\*" in text and "\x1b" not in text and "\\& \\<tag\\>" in text
 
 
 def test_junit_has_one_testcase_per_benchmark_with_its_outcome():
