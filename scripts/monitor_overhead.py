@@ -1,21 +1,24 @@
 """Slow-down of the reference training under ``perfwatch.monitor()`` (an evaluation, not a test).
 
 One process trains perfwatch's reference model (``perfwatch.pipelines.train``) in
-short arms of ``--steps`` steps: plain (A) and inside ``monitor(interval=1.0)`` with
-the monitor attached to the training's StepTimer (B), interleaved A B, B A, A B, ...
-so drift and bursts of other load on the machine hit both arms of a pair alike; many
-short pairs and the median ratio keep a burst from deciding the result. A B arm
-starts once the monitor has served its first sample (start-up is a one-off, not the
-steady state measured here). An arm's time is the sum of its step walls. A separate
-process scrapes the monitor's port every ``--scrape-every`` seconds through the whole
-run (refused during A arms), as Prometheus would.
+short arms of ``--steps`` steps: plain, and inside ``monitor(interval=I)`` attached to
+the training's StepTimer, for each I of ``--intervals`` (the default 1 s, and faster
+ones). Every round runs each arm once, in a rotated order, so drift and bursts of
+other load hit every arm alike; per-round ratios arm/plain are summarised by the
+Hodges-Lehmann estimate with its 99% interval (Wilcoxon). A monitored arm starts once
+the monitor has served its first sample (start-up is a one-off, not the steady state
+measured here). A separate process scrapes the monitor's port every ``--scrape-every``
+seconds through the whole run, as Prometheus would.
 
-Reported: the median of the per-pair ratios B/A with quartiles, the Hodges-Lehmann
-estimate with its 99% interval (Wilcoxon), and as cross-checks that do not depend on
-the noise of step times: the sampler's CPU per sample (the most it can take from the
-training per interval, as CPU or as GIL held) and the listener's cost per step.
+Why several intervals: on a shared machine single pairs vary by +-15-25%, far more
+than the 1% to show at 1 s. The slow-down is caused by the sampler's work, so it
+grows with the share of a core the sampler takes (its CPU seconds per wall second,
+read from the monitor's own counters: CPU seconds per sample / interval). Faster intervals make that share, and the
+slow-down, big enough to measure; the fitted slope (slow-down per unit of sampler
+share, through the origin) times the share at 1 s predicts the 1 s slow-down, and the
+1 s arm's own estimate is printed beside it.
 
-    python scripts/monitor_overhead.py [--pairs 100] [--steps 40] [--model mlp] [--interval 1.0] [--threads N]
+    python scripts/monitor_overhead.py [--rounds 60] [--steps 40] [--intervals 1,0.05,0.01] [--threads N]
 """
 
 from __future__ import annotations
@@ -99,55 +102,85 @@ def listener_seconds(calls: int = 100_000) -> float:
     return (time.perf_counter() - started) / calls
 
 
+def arm_order(arms: list[str], round_index: int) -> list[str]:
+    """Arms rotated by one per round (and reversed every other round), so no arm always goes first."""
+    shift = round_index % len(arms)
+    order = arms[shift:] + arms[:shift]
+    return order if round_index % 2 == 0 else order[::-1]
+
+
+def slope_through_origin(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of y = k x, the slow-down per unit of sampler share."""
+    return sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--steps", type=int, default=40, help="training steps per arm")
     parser.add_argument("--model", default="mlp", choices=train.MODEL_NAMES)
-    parser.add_argument("--interval", type=float, default=1.0, help="the monitor's sampling interval (s)")
+    parser.add_argument("--intervals", default="1,0.05,0.01",
+                        help="comma-separated sampling intervals (s) of the monitored arms")
     parser.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes")
     parser.add_argument("--port", type=int, default=9473)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    intervals = [float(i) for i in args.intervals.split(",")]
+    arms = ["plain", *map(str, intervals)]
 
     bench = train.TrainingBenchmark(train.TrainConfig(model=args.model, device="cpu"))
     bench.run(max(10, args.steps // 5))  # warm-up: allocator, kernels
     scraper = subprocess.Popen([sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{args.port}/metrics",
                                 str(args.scrape_every)])
-    plain, watched, costs = [], [], []
+    seconds: dict[str, list[float]] = {arm: [] for arm in arms}
+    costs: dict[str, list[tuple[float, float]]] = {arm: [] for arm in arms[1:]}
+    load = []
     try:
-        for pair in range(args.pairs):
-            for arm in ("AB" if pair % 2 == 0 else "BA"):
-                if arm == "A":
-                    plain.append(bench.run(args.steps).seconds)
+        for round_index in range(args.rounds):
+            for arm in arm_order(arms, round_index):
+                if arm == "plain":
+                    seconds[arm].append(bench.run(args.steps).seconds)
                 else:
-                    with monitored(args.port, args.interval, costs):
-                        watched.append(bench.run(args.steps).seconds)
-            print(f"pair {pair + 1}/{args.pairs}: {watched[-1] / plain[-1]:.4f}", file=sys.stderr, flush=True)
+                    with monitored(args.port, float(arm), costs[arm]):
+                        seconds[arm].append(bench.run(args.steps).seconds)
+            load.append(os.getloadavg()[0])
+            print(f"round {round_index + 1}/{args.rounds}: "
+                  + " ".join(f"{arm}={seconds[arm][-1] / seconds['plain'][-1]:.3f}" for arm in arms[1:]),
+                  file=sys.stderr, flush=True)
     finally:
         scraper.kill()
         scraper.wait()
 
-    ratios = [b / a for a, b in zip(plain, watched)]
-    estimate = paired_ratio(plain, watched, alpha=0.01)
+    plain = seconds["plain"]
     step_ms = median(plain) / args.steps * 1e3
     print(f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, Linux {platform.release()}, "
           f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"reference {args.model} training on CPU, {step_ms:.1f} ms/step, {args.steps} steps per arm, "
-          f"{args.pairs} interleaved pairs; monitor interval {args.interval} s, scraped every {args.scrape_every} s.")
-    samples = sum(n for _, n in costs)
-    if samples:
-        sampler_cpu = sum(cpu for cpu, _ in costs) / samples
-        print(f"sampler CPU {sampler_cpu * 1e3:.2f} ms per sample = {sampler_cpu / args.interval / os.cpu_count():.3%} "
-              f"of this machine's CPU at one sample every {args.interval} s ({samples:.0f} samples)")
+          f"{args.rounds} rounds; scraped every {args.scrape_every} s; load average during the run: median "
+          f"{median(load):.1f} (min {min(load):.1f}, max {max(load):.1f}).")
+    print("\n| interval | sampler share of a core | median ratio (quartiles) | Hodges-Lehmann, 99% interval | p |")
+    print("|---:|---:|---|---|---:|")
+    shares, slowdowns, highs = {}, {}, {}
+    for arm in arms[1:]:
+        ratios = [b / a for a, b in zip(plain, seconds[arm])]
+        estimate = paired_ratio(plain, seconds[arm], alpha=0.01)
+        shares[arm] = sum(cpu for cpu, _ in costs[arm]) / sum(n for _, n in costs[arm]) / float(arm)  # steady state
+        slowdowns[arm] = estimate.ratio - 1
+        highs[arm] = estimate.high
+        print(f"| {arm} s | {shares[arm]:.2%} | {median(ratios):.4f} ({quantile(ratios, 0.25):.4f}-"
+              f"{quantile(ratios, 0.75):.4f}) | {estimate.ratio:.4f}, {estimate.low:.4f}-{estimate.high:.4f} | "
+              f"{estimate.p_value:.2g} |")
+    slope = slope_through_origin(list(shares.values()), list(slowdowns.values()))
+    fastest = min(arms[1:], key=float)
+    worst_slope = (highs[fastest] - 1) / shares[fastest]
+    print(f"\nslow-down per unit of sampler share (fit through the origin over all intervals): {slope:.2f}")
+    for arm in arms[1:]:
+        print(f"predicted slow-down at {arm} s: {slope * shares[arm]:+.3%}, at most {worst_slope * shares[arm]:+.3%} "
+              f"by the {fastest} s arm's upper 99% bound (measured directly: {slowdowns[arm]:+.2%})")
     listener = listener_seconds()
     print(f"listener {listener * 1e6:.2f} us per step = {listener / (step_ms / 1e3):.4%} of a step")
-    print(f"median paired ratio monitored/plain {median(ratios):.4f} "
-          f"(quartiles {quantile(ratios, 0.25):.4f}..{quantile(ratios, 0.75):.4f}, "
-          f"min {min(ratios):.4f}, max {max(ratios):.4f}); Hodges-Lehmann {estimate.ratio:.4f}, "
-          f"99% interval {estimate.low:.4f}..{estimate.high:.4f}, Wilcoxon p {estimate.p_value:.3f}")
 
 
 if __name__ == "__main__":
