@@ -15,7 +15,7 @@ import traceback
 import click
 
 from ..errors import PerfwatchError
-from . import bench, history, regress, report, watch  # noqa: F401  (registers the commands)
+from . import bench, history, regress, report, tune, watch  # noqa: F401  (registers the commands)
 from .app import cli, err
 
 __all__ = ["cli", "main"]
