@@ -9,6 +9,7 @@ EXPECTED = {
     "FORMAT_VERSION", "BenchResult", "BenchmarkFailed", "Config", "PerfwatchError", "PHASES",
     "RegressionFound", "RunRecord", "StepRecord", "StepTimer", "Store", "UserError", "by_size",
     "current_size", "discover", "fingerprint", "load_config", "monitor", "run_suite", "select",
+    "AlertSinks", "send_alerts", "Verdict", "compare_runs", "ProfileOptions", "run_profile", "TuneResult", "tune_loader",
 }
 
 
