@@ -160,6 +160,12 @@ def select(benchmarks: list[Benchmark], size: str, pattern: str | None = None) -
     return chosen
 
 
+def nothing_selected(size: str, paths: list[Path], pattern: str | None) -> UserError:
+    """The error for a selection that came out empty: where perfwatch looked, and how to see what is there."""
+    return UserError(f"no benchmarks in the {size} suite of {', '.join(map(str, paths))}"
+                     + (f" match --filter {pattern!r}" if pattern else "") + "; `perfwatch list` shows them")
+
+
 def failure_reason(outcome: ChildOutcome, timeout: float) -> tuple[str, str]:
     """(status, one-line error) for a worker that wrote no result."""
     if outcome.returncode is None:

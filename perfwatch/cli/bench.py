@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import display, runner
-from ..errors import BenchmarkFailed, UserError
+from ..errors import BenchmarkFailed
 from ..results import BenchResult
 from ..suite import SIZES, Benchmark
 from .app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
@@ -45,9 +45,7 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
     suite_paths = list(paths) or runner.default_paths(config.paths)
     benchmarks = runner.select(runner.discover(suite_paths, size), size, pattern)
     if not benchmarks:
-        where = ", ".join(map(str, suite_paths))
-        raise UserError(f"no benchmarks in the {size} suite of {where}"
-                        + (f" match --filter {pattern!r}" if pattern else "") + "; `perfwatch list` shows them")
+        raise runner.nothing_selected(size, suite_paths, pattern)
 
     warning = runner.busy_warning()
     if warning:

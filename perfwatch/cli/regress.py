@@ -278,8 +278,7 @@ def run_here(suite_paths: list[Path], size: str, pattern: str | None) -> RunReco
     """Run the suite in this tree, one progress line per benchmark."""
     benchmarks = runner.select(runner.discover(suite_paths, size), size, pattern)
     if not benchmarks:
-        raise UserError(f"no benchmarks in the {size} suite of {', '.join(map(str, suite_paths))}"
-                        + (f" match --filter {pattern!r}" if pattern else "") + "; `perfwatch list` shows them")
+        raise runner.nothing_selected(size, suite_paths, pattern)
     warn_if_busy()
     return runner.run_suite(benchmarks, size, progress=print_progress)
 
