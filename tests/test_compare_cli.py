@@ -96,7 +96,7 @@ def test_json_and_markdown_output(project):
     assert verdicts_of(as_json)["train.time_step"]["candidate_median"] is None  # missing: no number, not NaN
     markdown = run_perfwatch("compare", "--markdown", cwd=project)
     assert markdown.returncode == 1 and markdown.stdout.startswith("## perfwatch: 1 regressed, 4 missing")
-    assert "| 🔴 | loader.time\\_read |" in markdown.stdout
+    assert "| 🔴 | loader.time_read |" in markdown.stdout
     both = run_perfwatch("compare", "--json", "--markdown", cwd=project)
     assert_one_line_error(both, "--json and --markdown")
 
