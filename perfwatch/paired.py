@@ -1,0 +1,395 @@
+"""Paired runs: a git ref and the working tree measured interleaved, sample by sample.
+
+Drift on a shared runner (neighbours' load, clocks, thermals) moves timings by more
+than the regressions CI should catch. Two runs taken minutes apart carry different
+drift; two samples taken back to back carry the same, and it cancels in their ratio
+(compare.py's ``paired=True``). So each benchmark gets one live worker per side
+(``perfwatch.worker serve``), both warmed up and calibrated once, and the two are
+asked for one sample at a time in ABBA order (A B, B A, A B, ...), which cancels
+order effects too. A is the baseline (REF, checked out in a temporary git worktree),
+B the candidate (the working tree).
+
+Each side imports its own code: the baseline's worker runs in the worktree with the
+worktree first on PYTHONPATH. When the project under test is perfwatch itself, that
+includes the baseline's own worker, which must know the serve protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from . import runner
+from .env import fingerprint
+from .errors import UserError
+from .results import BenchResult, RunRecord, new_run_id, utc_now_iso
+from .suite import SIZES, Benchmark
+from .worker import Budget
+
+GIT_TIMEOUT = 120.0
+CLOSE_TIMEOUT = 30.0  # for teardown
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run git in ``root``; never raises for git's own failures (the caller words the error)."""
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=GIT_TIMEOUT)
+    except FileNotFoundError:
+        raise UserError("git is not installed; --against REF needs git to check out REF") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"git {' '.join(args)} did not finish in {GIT_TIMEOUT:g} s in {root}") from None
+
+
+def repository_root(directory: Path) -> Path:
+    """The top of the git working tree around ``directory``."""
+    done = git(directory, "rev-parse", "--show-toplevel") if directory.is_dir() else None
+    if done is None or done.returncode != 0:
+        raise UserError(f"{directory}: not inside a git repository; --against REF compares with a git ref, "
+                        "so run it in one (or compare against a baseline file)")
+    return Path(done.stdout.strip()).resolve()
+
+
+def resolve_commit(root: Path, ref: str) -> str:
+    """The full hash of the commit ``ref`` names."""
+    done = git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if done.returncode != 0 or not done.stdout.strip():
+        raise UserError(f"--against {ref!r}: no such commit in {root}; pass a branch, tag or commit "
+                        "(a shallow CI clone may need `git fetch` of it first)")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checked_out(root: Path, commit: str) -> Iterator[Path]:
+    """``commit`` checked out (detached) in a temporary git worktree, removed afterwards, even on Ctrl-C."""
+    holder = Path(tempfile.mkdtemp(prefix="perfwatch-against-"))
+    tree = holder / "tree"
+    try:
+        done = git(root, "worktree", "add", "--detach", str(tree), commit)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"git worktree add of {commit[:12]} failed: {last}")
+        yield tree
+    finally:
+        git(root, "worktree", "remove", "--force", str(tree))
+        shutil.rmtree(holder, ignore_errors=True)
+        git(root, "worktree", "prune")
+
+
+def moved(path: Path, old_root: Path, new_root: Path) -> Path:
+    """``path`` under ``new_root`` where it lies under ``old_root``; elsewhere it is the same on both sides."""
+    try:
+        return new_root / path.relative_to(old_root)
+    except ValueError:
+        return path
+
+
+@dataclass(frozen=True)
+class Side:
+    """Where one side's code lives and how its workers start."""
+
+    name: str  # for messages: "the working tree", "main (0123abcd)"
+    cwd: Path
+    paths: tuple[Path, ...]  # suite paths, as they are on this side
+    env: dict[str, str]
+    own_worker: Path | None  # this side's perfwatch/worker.py when it imports perfwatch from its own tree
+
+
+def make_side(name: str, root: Path, repo_root: Path, here: Path, suite_paths: Sequence[Path], size: str) -> Side:
+    """A side whose tree is ``root`` (the repository's or REF's worktree); ``here`` and the suite
+    paths are given as they are in ``repo_root``."""
+    cwd = moved(here, repo_root, root)
+    import_roots = [r for r in (root, root / "src") if r.is_dir()]  # src/ layouts import from src
+    env = runner.worker_env(size)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, import_roots), env["PYTHONPATH"]])
+    own = next((w for r in import_roots if (w := r / "perfwatch" / "worker.py").is_file()), None)
+    return Side(name, cwd if cwd.is_dir() else root, tuple(moved(p, repo_root, root) for p in suite_paths), env, own)
+
+
+class WorkerLost(Exception):
+    """A serve-mode worker died or overran its timeout; ``status`` and ``error`` say how, in one line."""
+
+    def __init__(self, status: str, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+class LiveWorker:
+    """One ``python -m perfwatch.worker serve`` process of a side, asked one request at a time."""
+
+    def __init__(self, side: Side):
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "perfwatch.worker", "serve"],
+            cwd=side.cwd, env=side.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            start_new_session=True,  # Ctrl-C reaches perfwatch, which then kills the whole tree
+        )
+        self._buffer = b""
+        self._greeted = False
+        self._stopped = False
+
+    def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one request and return its reply; raises WorkerLost if the worker dies or overruns."""
+        deadline = time.monotonic() + timeout
+        if not self._greeted:
+            hello = self._read_line(deadline, timeout)
+            if "serve" not in hello:
+                raise self._lost(timeout, f"unexpected greeting {hello!r}")
+            self._greeted = True
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._lost(timeout) from None
+        return self._read_line(deadline, timeout)
+
+    def _read_line(self, deadline: float, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._lost(timeout, timed_out=True)
+            if select.select([fd], [], [], remaining)[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise self._lost(timeout)
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise self._lost(timeout, f"garbled reply {line[:80]!r}") from None
+
+    def _lost(self, timeout: float, problem: str | None = None, timed_out: bool = False) -> WorkerLost:
+        returncode = None if timed_out else self._wait_for_exit()
+        self._stderr.seek(0)
+        lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+        self.stop()
+        outcome = runner.ChildOutcome(None, returncode, lines[-1].strip() if lines else "")
+        status, error = runner.failure_reason(outcome, timeout)
+        return WorkerLost(status, f"{error} ({problem})" if problem else error)
+
+    def _wait_for_exit(self) -> int:
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # alive but talking nonsense
+            runner.kill_tree(self.proc.pid)
+            return self.proc.wait()
+
+    def stop(self) -> None:
+        """Kill the worker and every process it started; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        runner.kill_tree(self.proc.pid)
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def predates_serve_mode(worker_file: Path) -> bool:
+    """A perfwatch from before interleaved mode: its worker has no serve protocol."""
+    try:
+        return "SERVE_PROTOCOL" not in worker_file.read_text(encoding="utf-8")
+    except OSError:
+        return True
+
+
+def discover_side(side: Side, size: str, pattern: str | None) -> list[Benchmark]:
+    """The benchmarks of ``size`` matching ``pattern`` on one side; none where its suite paths do not exist."""
+    paths = [p for p in side.paths if p.exists()]
+    if not paths:
+        return []
+    worker = LiveWorker(side)
+    try:
+        payload = worker.request({"op": "discover", "paths": [str(p) for p in paths]}, runner.DISCOVERY_TIMEOUT)
+    except WorkerLost as lost:
+        if side.own_worker is not None and predates_serve_mode(side.own_worker):
+            raise UserError(f"{side.name} predates interleaved mode (its perfwatch worker cannot serve paired "
+                            "samples); compare against a baseline file of it instead") from None
+        raise UserError(f"discovering the benchmarks of {side.name} failed: {lost.error}") from None
+    finally:
+        worker.stop()
+    if "error" in payload:
+        raise UserError(f"{side.name}: {payload['error']}")
+    return runner.select([Benchmark.from_dict(b) for b in payload["benchmarks"]], size, pattern)
+
+
+@dataclass
+class Series:
+    """One side of one benchmark being measured: its live worker and its samples so far."""
+
+    side: Side
+    bench: Benchmark
+    worker: LiveWorker | None = None
+    status: str = "ok"
+    error: str | None = None
+    samples: list[float] = field(default_factory=list)
+    number: int = 1
+    warmup_s: float = 0.0
+    max_samples: int | None = None
+    busy_s: float = 0.0  # time spent in this side's requests
+
+    @property
+    def live(self) -> bool:
+        return self.worker is not None and self.status == "ok"
+
+    def ask(self, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """One request; a failure reply or a lost worker ends this side (its samples are dropped)."""
+        assert self.worker is not None
+        started = time.perf_counter()
+        try:
+            reply = self.worker.request(message, timeout)
+        except WorkerLost as lost:
+            reply = {"status": lost.status, "error": lost.error}
+        self.busy_s += time.perf_counter() - started
+        if reply.get("status") == "ok":
+            return reply
+        self.status, self.error, self.samples = reply.get("status", "failed"), reply.get("error"), []
+        self.close()
+        return None
+
+    def close(self) -> None:
+        """Tear the benchmark down (a teardown failure fails this side) and stop the worker."""
+        if self.worker is None:
+            return
+        worker, self.worker = self.worker, None
+        if worker.proc.poll() is None:
+            with contextlib.suppress(WorkerLost):
+                done = worker.request({"op": "close"}, CLOSE_TIMEOUT)
+                if done.get("status") != "ok" and self.status == "ok":
+                    self.status, self.error, self.samples = done.get("status", "failed"), done.get("error"), []
+        worker.stop()
+
+    def result(self) -> BenchResult:
+        return bench_result(self.bench, status=self.status, error=self.error, samples=list(self.samples),
+                            number=self.number, warmup_s=self.warmup_s, duration_s=self.busy_s)
+
+
+def bench_result(bench: Benchmark, **measured: Any) -> BenchResult:
+    return BenchResult(name=bench.name, params=bench.params, kind=bench.kind, unit=bench.unit,
+                       higher_is_better=bench.higher_is_better, **measured)
+
+
+def measure_interleaved(series: list[Series], budget: Budget, timeout: float) -> None:
+    """Open every side, then sample them in ABBA order until the budget is spent.
+
+    A time_ benchmark is calibrated on the first side and the others use its calls per
+    sample, so sample i of each side is the same amount of work.
+    """
+    try:
+        for s in series:
+            s.worker = LiveWorker(s.side)  # all start at once; their imports overlap
+        number = None
+        for s in series:
+            reply = s.ask({"op": "open", "benchmark": s.bench.to_dict(), "budget": asdict(budget),
+                           "number": number if s.bench.kind == "time" else None}, timeout)
+            if reply is not None:
+                s.number, s.warmup_s, s.max_samples = reply["number"], reply["warmup_s"], reply["max_samples"]
+                if s.bench.kind == "time":
+                    number = number or s.number
+        live = [s for s in series if s.live]
+        caps = [s.max_samples for s in live if s.max_samples is not None]
+        if caps:
+            budget = replace(budget, min_repeat=min(budget.min_repeat, *caps), max_repeat=min(budget.max_repeat, *caps))
+        budget = replace(budget, max_time=budget.max_time * max(1, len(live)))  # the sides share the clock
+        rounds, start = 0, time.perf_counter()
+        while any(s.live for s in series) and not budget.spent(rounds, time.perf_counter() - start):
+            for s in series if rounds % 2 == 0 else series[::-1]:
+                if s.live and (reply := s.ask({"op": "sample"}, timeout)) is not None:
+                    s.samples.append(reply["sample"])
+            rounds += 1
+    except BaseException:  # Ctrl-C or a bug: kill now, a teardown could hang
+        for s in series:
+            if s.worker is not None:
+                s.worker.stop()
+        raise
+    finally:
+        for s in series:
+            s.close()
+
+
+def measure_benchmark(sides: dict[str, tuple[Side, Benchmark | None]], lead: Benchmark,
+                      size: str) -> dict[str, BenchResult]:
+    """One benchmark on each side that has it (label -> result), interleaved; ``lead`` sets the budget."""
+    present = {label: (side, bench) for label, (side, bench) in sides.items() if bench is not None}
+    series = {label: Series(side, bench) for label, (side, bench) in present.items() if not bench.unsupported}
+    budget, default_timeout = runner.BUDGETS[size]
+    measure_interleaved(list(series.values()), budget.for_benchmark(lead), float(lead.timeout or default_timeout))
+    return {label: series[label].result() if label in series
+            else bench_result(bench, status="skipped", error=bench.unsupported)
+            for label, (_, bench) in present.items()}
+
+
+def run_against(
+    ref: str,
+    size: str,
+    *,
+    pattern: str | None = None,
+    paths: Sequence[Path] = (),
+    repo: Path | None = None,
+    progress: runner.Progress | None = None,
+) -> tuple[RunRecord, RunRecord]:
+    """Measure ``ref`` (baseline) and the working tree (candidate) interleaved; returns both runs.
+
+    Every benchmark found on both sides has equal sample counts on both, and sample i of
+    both ran back to back. A benchmark on one side only is measured alone (compare calls
+    it new or missing). A side that fails keeps its status and one-line error while the
+    other keeps its samples. ``paths`` and ``repo`` (default: the current directory) are as
+    for ``perfwatch run``; ``progress`` gets ("start", bench, None) and ("done", bench, the
+    candidate's result, else the baseline's).
+    """
+    if size not in SIZES:
+        raise UserError(f"--suite {size!r}: unknown suite; use one of {', '.join(SIZES)}")
+    here = (repo or Path.cwd()).resolve()
+    root = repository_root(here)
+    commit = resolve_commit(root, ref)
+    suite_paths = [(p if p.is_absolute() else here / p).resolve()
+                   for p in map(Path, runner.default_paths(tuple(paths), cwd=here))]
+    for path in suite_paths:
+        if not path.exists():
+            raise UserError(f"{path}: no such file or directory; pass an existing suite file or directory")
+    created = utc_now_iso()
+
+    with checked_out(root, commit) as tree:
+        baseline = make_side(f"{ref} ({commit[:10]})", tree, root, here, suite_paths, size)
+        candidate = make_side("the working tree", root, root, here, suite_paths, size)
+        envs = {"baseline": fingerprint(cwd=baseline.cwd), "candidate": fingerprint(cwd=candidate.cwd)}
+        before = {b.name: b for b in discover_side(baseline, size, pattern)}
+        after = {b.name: b for b in discover_side(candidate, size, pattern)}
+        if not before and not after:
+            raise runner.nothing_selected(size, suite_paths, pattern)
+        results: dict[str, list[BenchResult]] = {"baseline": [], "candidate": []}
+        for name in [*after, *(n for n in before if n not in after)]:
+            lead = after.get(name) or before[name]
+            if progress:
+                progress("start", lead, None)
+            measured = measure_benchmark({"baseline": (baseline, before.get(name)),
+                                          "candidate": (candidate, after.get(name))}, lead, size)
+            for label, result in measured.items():
+                results[label].append(result)
+            if progress:
+                progress("done", lead, measured.get("candidate") or measured["baseline"])
+
+    ids = {"baseline": new_run_id(), "candidate": new_run_id()}
+    partner = {"baseline": "candidate", "candidate": "baseline"}
+    baseline_run, candidate_run = (
+        RunRecord(run_id=ids[label], created=created, suite=size,
+                  env={**envs[label], "paired": True, "paired_with": ids[partner[label]]},
+                  benchmarks=results[label])
+        for label in ("baseline", "candidate")
+    )
+    return baseline_run, candidate_run
