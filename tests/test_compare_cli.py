@@ -85,6 +85,14 @@ def test_every_verdict_in_one_comparison(project):
     assert "1 regressed, 1 improved, 1 unchanged, 1 too-noisy, 1 new, 1 missing" in proc.stdout
 
 
+def test_an_unpaired_comparison_with_a_busy_run_says_so(project):
+    busy = {**MACHINE, "load_average": [3.5, 2.0, 1.0]}
+    store_run(project, "20260102T000000Z-cand00", bench("loader.time_read", scaled(STEADY, 1.0)), env=busy)
+    proc = run_perfwatch("compare", cwd=project)
+    assert "candidate run began on a busy machine (load 3.5 on 2 cores)" in proc.stderr
+    assert "baseline run began" not in proc.stderr  # its fingerprint has no load: nothing to say
+
+
 def test_json_and_markdown_output(project):
     store_run(project, "20260102T000000Z-cand00", bench("loader.time_read", scaled(STEADY, 1.10)))
     as_json = run_perfwatch("compare", "--json", cwd=project)

@@ -94,10 +94,24 @@ def warn_incomparable(comparison: Comparison) -> None:
     if comparison.differences:
         warn("comparing runs from different machines: " + "; ".join(comparison.differences)
              + "; timings may differ for that reason alone")
+    if not comparison.paired:
+        for label, run in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
+            busy = busy_at_start(run)
+            if busy:
+                warn(f"the {label} run began on a busy machine ({busy}): unpaired, its verdicts may be the "
+                     "machine's drift; `perfwatch ci --against REF` measures both sides interleaved")
     before, after = comparison.baseline.suite, comparison.candidate.suite
     if before and after and before != after:
         warn(f"the baseline is a {before} run and the candidate a {after} run: "
              "benchmarks or parameters that only one size has are reported as new or missing")
+
+
+def busy_at_start(run: RunRecord) -> str | None:
+    """How busy the machine was when ``run`` began, if other work loaded it (from its fingerprint); else None."""
+    load, cores = (run.env.get("load_average") or [None])[0], run.env.get("cpu_cores_logical")
+    if load is None or not cores or load < runner.BUSY_LOAD_PER_CORE * cores:
+        return None
+    return f"load {load:.1f} on {cores} cores"
 
 
 def finish(comparison: Comparison) -> None:
