@@ -31,7 +31,7 @@ def test_identical_distributions_are_unchanged():
     v = compare_samples("a", STEADY, STEADY_AGAIN)
     assert v.verdict == "unchanged", v.reason
     assert v.ratio == 1.0 and v.change == 0.0 and v.ci_low < 0 < v.ci_high and v.p_value == 1.0
-    assert "within +-5%" in v.reason
+    assert "within +-3%" in v.reason
 
 
 def test_ten_percent_slower_with_low_noise_is_regressed():
@@ -40,7 +40,7 @@ def test_ten_percent_slower_with_low_noise_is_regressed():
     assert v.ratio == pytest.approx(1.10) and v.change == pytest.approx(0.10)
     assert 0.05 < v.ci_low < 0.10 < v.ci_high and v.p_value < 1e-6
     assert v.candidate_median / v.baseline_median == pytest.approx(1.10)
-    assert v.reason.startswith("10.0% worse") and "over the 5% threshold" in v.reason
+    assert v.reason.startswith("10.0% worse") and "over the 3% threshold" in v.reason
 
 
 def test_ten_percent_faster_is_improved():
@@ -57,7 +57,7 @@ def test_throughput_direction_is_honoured():
 
 
 def test_a_change_under_the_threshold_is_not_a_regression():
-    v = compare_samples("a", STEADY, scaled(STEADY_AGAIN, 1.03))
+    v = compare_samples("a", STEADY, scaled(STEADY_AGAIN, 1.03), threshold=0.05)
     assert v.p_value < 0.01 and v.change == pytest.approx(0.03)
     assert v.verdict == "unchanged"  # significant, but the whole interval is within 5%
     assert compare_samples("a", STEADY, scaled(STEADY_AGAIN, 1.03), threshold=0.02).verdict == "regressed"
@@ -66,7 +66,7 @@ def test_a_change_under_the_threshold_is_not_a_regression():
 def test_high_noise_is_too_noisy_not_judged():
     v = compare_samples("a", NOISY_A, NOISY_B)
     assert v.verdict == "too-noisy", v.reason
-    assert v.ci_low < 0 < 0.05 < v.ci_high and "cannot tell a change over 5% from none" in v.reason
+    assert v.ci_low < 0 < 0.03 < v.ci_high and "cannot tell a change over 3% from none" in v.reason
 
 
 def test_few_samples_are_insufficient():

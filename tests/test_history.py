@@ -90,10 +90,10 @@ def test_a_failed_run_is_skipped_not_taken_for_a_step():
 
 
 def test_steps_under_the_benchmarks_threshold_are_dropped():
-    runs = history_runs(factor=1.03)
-    assert analyze(runs)[0].steps == (), "3% is under the default 5% threshold"
-    (step,) = analyze(runs, thresholds={"loader.*": "2%"})[0].steps
-    assert step.index == STEP_RUN and step.change == pytest.approx(0.03)
+    runs = history_runs(factor=1.02)
+    assert analyze(runs)[0].steps == (), "2% is under the default 3% threshold"
+    (step,) = analyze(runs, thresholds={"loader.*": "1%"})[0].steps
+    assert step.index == STEP_RUN and step.change == pytest.approx(0.02)
 
 
 def test_too_few_runs_is_a_note_not_an_error():

@@ -53,7 +53,7 @@ def test_equally_specific_patterns_go_to_the_first_declared():
 
 
 def test_default_applies_when_nothing_matches_and_matching_is_case_sensitive():
-    assert DEFAULT_THRESHOLD == 0.05
+    assert DEFAULT_THRESHOLD == 0.03
     assert parse_thresholds(None) == Thresholds()
     t = parse_thresholds({"loader.*": "2%"})
     assert t.for_name("Loader.iterate") == DEFAULT_THRESHOLD

@@ -38,7 +38,7 @@ allow_mismatch_option = click.option(
 threshold_option = click.option(
     "--threshold", "threshold_specs", multiple=True, metavar="PATTERN=VALUE",
     help="Regression threshold for benchmarks matching the glob, e.g. 'loader.*=5%'; repeatable; "
-         "overrides the thresholds table in config (default 5%).")
+         "overrides the thresholds table in config (default 3%).")
 
 
 def thresholds_of(ctx: click.Context, specs: tuple[str, ...]) -> Thresholds:
