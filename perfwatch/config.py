@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .alerts import AlertSinks
 from .errors import UserError
 from .suite import SIZES
 from .thresholds import ThresholdError, Thresholds, parse_thresholds
@@ -26,15 +27,6 @@ URL_SCHEMES = ("http://", "https://")
 
 
 @dataclass(frozen=True)
-class AlertSettings:
-    """Where ``perfwatch ci`` sends alerts: URLs as written in the config, None when unset."""
-
-    webhook: str | None = None
-    alertmanager: str | None = None
-    pushgateway: str | None = None
-
-
-@dataclass(frozen=True)
 class Config:
     """Where results live, which suite paths run by default, the default suite size,
     per-benchmark regression thresholds and alert sinks."""
@@ -43,7 +35,7 @@ class Config:
     paths: tuple[Path, ...] = ()
     suite: str = "quick"
     thresholds: Thresholds = Thresholds()
-    alerts: AlertSettings = AlertSettings()
+    alerts: AlertSinks = AlertSinks()
     source: str | None = None  # the file these settings came from, for messages
 
 
@@ -106,9 +98,9 @@ def load_config(start: Path | None = None) -> Config:
     return Config(**values)
 
 
-def _alert_settings(table: dict[str, Any], source: Path) -> AlertSettings:
-    """The alerts table: known sink names only, each an http(s) URL."""
-    known = {f.name for f in fields(AlertSettings)}
+def _alert_settings(table: dict[str, Any], source: Path) -> AlertSinks:
+    """The alerts table: known sink names only, each an http(s) URL (the timeout is not a setting)."""
+    known = {f.name for f in fields(AlertSinks)} - {"timeout"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise UserError(f"{source}: unknown alert sink {unknown[0]!r} in 'alerts'; "
@@ -116,7 +108,7 @@ def _alert_settings(table: dict[str, Any], source: Path) -> AlertSettings:
     for key, url in table.items():
         if not isinstance(url, str) or not url.startswith(URL_SCHEMES):
             raise UserError(f"{source}: alerts.{key} = {url!r} must be an http:// or https:// URL")
-    return AlertSettings(**table)
+    return AlertSinks(**table)
 
 
 def _expect(table: dict[str, Any], key: str, kind: type, source: Path) -> Any:

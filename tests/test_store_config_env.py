@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from perfwatch.config import AlertSettings, load_config
+from perfwatch.alerts import AlertSinks
+from perfwatch.config import load_config
 from perfwatch.env import fingerprint, git_state
 from perfwatch.errors import UserError
 from perfwatch.results import BenchResult, RunRecord, new_run_id
@@ -88,10 +89,10 @@ def test_thresholds_and_alerts_from_config(tmp_path):
     assert config.thresholds.for_name("loader.time_decode(workers=4)") == 0.12  # the most specific pattern wins
     assert config.thresholds.for_name("loader.time_read") == 0.05
     assert config.thresholds.for_name("training.time_step") == 0.07
-    assert config.alerts == AlertSettings(webhook="https://hooks.example.com/T0", alertmanager="http://am:9093")
+    assert config.alerts == AlertSinks(webhook="https://hooks.example.com/T0", alertmanager="http://am:9093")
     (tmp_path / "perfwatch.toml").write_text('[thresholds]\n"training.*" = "10%"\n')
     assert load_config(tmp_path).thresholds.for_name("training.x") == 0.10
-    assert load_config(tmp_path).alerts == AlertSettings()
+    assert load_config(tmp_path).alerts == AlertSinks()
 
 
 def test_fingerprint_records_threads_and_git_state(tmp_path, monkeypatch):

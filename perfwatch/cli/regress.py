@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -21,7 +22,8 @@ from ..baseline import (
     mismatch_error,
     save_baseline,
 )
-from ..config import URL_SCHEMES, AlertSettings
+from ..alerts import AlertSinks, send_alerts
+from ..config import URL_SCHEMES
 from ..env import fingerprint
 from ..errors import UserError
 from ..results import BenchResult, RunRecord
@@ -280,10 +282,10 @@ def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, baseline_pa
                                  allow_machine_mismatch=allow_machine_mismatch)
     print_comparison(comparison)
     publish(comparison, report_dir or Path("reports") / f"ci-{candidate.run_id}")
-    sinks = AlertSettings(webhook=webhook or config.alerts.webhook,
-                          alertmanager=alertmanager or config.alerts.alertmanager,
-                          pushgateway=pushgateway or config.alerts.pushgateway)
-    if sinks != AlertSettings():
+    sinks = replace(config.alerts, webhook=webhook or config.alerts.webhook,
+                    alertmanager=alertmanager or config.alerts.alertmanager,
+                    pushgateway=pushgateway or config.alerts.pushgateway)
+    if sinks != AlertSinks():
         send(sinks, comparison)
     finish(comparison)
 
@@ -309,12 +311,8 @@ def publish(comparison: Comparison, report_dir: Path) -> None:
             warn(f"GITHUB_STEP_SUMMARY {summary_file}: cannot append the report ({exc.strerror})")
 
 
-def send(settings: AlertSettings, comparison: Comparison) -> None:
+def send(sinks: AlertSinks, comparison: Comparison) -> None:
     """Deliver alerts; a failed delivery is one warning line and changes no verdict, report or exit code."""
-    from ..alerts import AlertSinks, send_alerts
-
-    sinks = AlertSinks(webhook=settings.webhook, alertmanager=settings.alertmanager,
-                       pushgateway=settings.pushgateway)
     deliveries = send_alerts(sinks, comparison.candidate, comparison.verdicts,
                              report_url=ci_report.github_run_url(os.environ))
     for delivery in deliveries:
