@@ -1,49 +1,57 @@
 """perfwatch: profiling and continuous benchmarking for PyTorch training pipelines.
 
-Importing perfwatch is cheap: torch is imported only by the parts that use it.
+Importing perfwatch is cheap: every public name is exported lazily (PEP 562), so
+``from perfwatch import StepTimer`` in a training loop loads the timer alone, not
+prometheus_client, psutil, pandas, matplotlib, rich, click or torch. The map of the
+package is docs/architecture.md.
 """
 
-from .alerts import AlertSinks, send_alerts
-from .compare import Verdict, compare_runs
-from .config import Config, load_config
-from .env import fingerprint
-from .errors import BenchmarkFailed, PerfwatchError, RegressionFound, UserError
-from .instrument import PHASES, StepRecord, StepTimer
-from .monitoring import monitor
-from .profile import ProfileOptions, run_profile
-from .results import FORMAT_VERSION, BenchResult, RunRecord
-from .runner import discover, run_suite, select
-from .store import Store
-from .suite import by_size, current_size
-from .tune import TuneResult, tune_loader
+import importlib as _importlib
 
-__all__ = [
-    "FORMAT_VERSION",
-    "PHASES",
-    "AlertSinks",
-    "BenchResult",
-    "BenchmarkFailed",
-    "Config",
-    "PerfwatchError",
-    "ProfileOptions",
-    "RegressionFound",
-    "RunRecord",
-    "StepRecord",
-    "StepTimer",
-    "Store",
-    "TuneResult",
-    "UserError",
-    "Verdict",
-    "by_size",
-    "compare_runs",
-    "current_size",
-    "discover",
-    "fingerprint",
-    "load_config",
-    "monitor",
-    "run_profile",
-    "run_suite",
-    "select",
-    "send_alerts",
-    "tune_loader",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "AlertSinks": "perfwatch.config",
+    "BenchResult": "perfwatch.results",
+    "BenchmarkFailed": "perfwatch.errors",
+    "Config": "perfwatch.config",
+    "FORMAT_VERSION": "perfwatch.results",
+    "PHASES": "perfwatch.instrument",
+    "PerfwatchError": "perfwatch.errors",
+    "ProfileOptions": "perfwatch.profile.run",
+    "RegressionFound": "perfwatch.errors",
+    "RunRecord": "perfwatch.results",
+    "StepRecord": "perfwatch.instrument",
+    "StepTimer": "perfwatch.instrument",
+    "Store": "perfwatch.store",
+    "TuneResult": "perfwatch.tune.search",
+    "UserError": "perfwatch.errors",
+    "Verdict": "perfwatch.regress.compare",
+    "by_size": "perfwatch.bench.suite",
+    "compare_runs": "perfwatch.regress.compare",
+    "current_size": "perfwatch.bench.suite",
+    "discover": "perfwatch.bench.runner",
+    "fingerprint": "perfwatch.env",
+    "load_config": "perfwatch.config",
+    "monitor": "perfwatch.monitoring.session",
+    "run_against": "perfwatch.bench.paired",
+    "run_profile": "perfwatch.profile.run",
+    "run_suite": "perfwatch.bench.runner",
+    "select": "perfwatch.bench.runner",
+    "send_alerts": "perfwatch.regress.alerts",
+    "tune_loader": "perfwatch.tune.measure",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perfwatch' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

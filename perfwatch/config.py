@@ -13,10 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .alerts import AlertSinks
-from .errors import UserError
-from .suite import SIZES
-from .thresholds import ThresholdError, Thresholds, parse_thresholds
+from perfwatch.errors import UserError
+from perfwatch.thresholds import ThresholdError, Thresholds, parse_thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,6 +22,17 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 URL_SCHEMES = ("http://", "https://")
+SIZES = ("quick", "ci", "full")  # suite sizes, smallest first
+
+
+@dataclass(frozen=True)
+class AlertSinks:
+    """Where alerts go; a sink left None is not used."""
+
+    webhook: str | None = None  # URL that receives a JSON POST (Slack incoming webhooks work)
+    alertmanager: str | None = None  # base URL, e.g. http://127.0.0.1:9093
+    pushgateway: str | None = None  # base URL or host:port
+    timeout: float = 10.0  # seconds per request
 
 
 @dataclass(frozen=True)

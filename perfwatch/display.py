@@ -7,8 +7,8 @@ import math
 from rich.markup import escape
 from rich.table import Table
 
-from . import stats
-from .results import RunRecord
+from perfwatch import stats
+from perfwatch.results import RunRecord
 
 TIME_SCALES = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
 BYTE_SCALES = ((1024.0**3, "GiB"), (1024.0**2, "MiB"), (1024.0, "KiB"), (1.0, "B"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from .gpu import gpu_inventory
+from perfwatch.gpu import gpu_inventory
 
 # Variables that change how many threads torch, BLAS and OpenMP use.
 THREAD_ENV_VARS = (

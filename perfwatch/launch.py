@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import UserError
+from perfwatch.errors import UserError
 
 
 def terminal_sent(signum: int) -> bool:

@@ -18,11 +18,13 @@ import base64
 import hashlib
 import html
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from .store import write_atomic
+from perfwatch.errors import UserError
+from perfwatch.store import write_atomic
 
 
 @dataclass(frozen=True)
@@ -223,3 +225,15 @@ def write_pages(doc: Document, out: Path) -> None:
     """``report.md`` and ``report.html`` in ``out``, each written atomically."""
     write_atomic(out / "report.md", to_markdown(doc))
     write_atomic(out / "report.html", to_html(doc))
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create ``out`` and prove it writable before anything is launched (UserError if not)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".perfwatch-write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}; "
+                        "choose another with --out") from None
+    return out

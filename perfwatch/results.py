@@ -1,6 +1,6 @@
 """The results document: one run of benchmarks, raw samples, spec and environment.
 
-This is a contract (DESIGN.md): other tools read these files, so the shape is
+This is a contract (docs/architecture.md): other tools read these files, so the shape is
 versioned and readers refuse a ``format_version`` they do not know instead of
 guessing. Statistics are never stored; they are computed from the raw samples.
 """
@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from perfwatch.errors import UserError
 
 FORMAT_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "skipped")

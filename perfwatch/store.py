@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import stats
-from .errors import UserError
-from .results import RunRecord
+from perfwatch import stats
+from perfwatch.errors import UserError
+from perfwatch.results import RunRecord
 
 if TYPE_CHECKING:
     import pandas

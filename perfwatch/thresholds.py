@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Mapping
 
-from .errors import UserError
+from perfwatch.errors import UserError
 
 DEFAULT_THRESHOLD = 0.03
 

@@ -34,9 +34,9 @@ from typing import Callable, Iterator
 
 import psutil
 
-from perfwatch.collector import Collector
+from perfwatch.bench.runner import kill_tree
 from perfwatch.env import cpu_model
-from perfwatch.runner import kill_tree
+from perfwatch.monitoring.collector import Collector
 from perfwatch.stats import iqr, median
 
 WORKLOAD = textwrap.dedent(

@@ -12,7 +12,7 @@ candidate (level) differ only in that number.
 
 Each trial measures both sides twice, for the two ways perfwatch compares:
 
-* paired: ``perfwatch.paired.run_against("HEAD")``, the engine of ``perfwatch ci
+* paired: ``perfwatch.bench.paired.run_against("HEAD")``, the engine of ``perfwatch ci
   --against``: one live worker per side, samples taken alternately (ABBA);
 * unpaired: all baseline samples, then all candidate samples (``runner.run_one``,
   fresh processes), like a run compared with a stored baseline file.
@@ -50,9 +50,10 @@ from typing import Any
 from asv.commands.compare import _is_result_better
 from asv_runner.statistics import compute_stats
 
-from perfwatch import runner, stats
-from perfwatch.compare import compare_samples
-from perfwatch.paired import run_against
+from perfwatch import stats
+from perfwatch.bench import runner
+from perfwatch.bench.paired import run_against
+from perfwatch.regress.compare import compare_samples
 from perfwatch.thresholds import parse_threshold
 
 SIZE = "ci"

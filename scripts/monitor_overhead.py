@@ -38,9 +38,9 @@ import torch
 
 import perfwatch.pipelines.train as train
 from perfwatch.env import cpu_model
-from perfwatch.exporter import TrainingMetrics
 from perfwatch.instrument import PHASES, StepRecord
-from perfwatch.monitoring import monitor
+from perfwatch.monitoring.metrics import TrainingMetrics
+from perfwatch.monitoring.session import monitor
 from perfwatch.stats import median, paired_ratio, quantile
 
 SCRAPER = textwrap.dedent(

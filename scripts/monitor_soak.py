@@ -16,7 +16,6 @@ import sys
 import time
 
 import psutil
-
 from scrape_latency import free_port, running, scrape, training_command, wait_for_metrics
 
 MIB = 1 << 20

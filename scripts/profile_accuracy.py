@@ -13,7 +13,7 @@ drift in a shared machine hits both sides of a pair alike.
   Tukey interval from the Wilcoxon signed-rank test (perfwatch.stats.paired_ratio).
 * Overhead, window by window (``--cycles``, the precise one on a shared machine): one long
   run of each script, with what ``perfwatch profile`` runs beside a command (the
-  Collector and both py-spy passes: ``perfwatch.profile.Sampler``) switched on and off
+  Collector and both py-spy passes: ``perfwatch.profile.run.Sampler``) switched on and off
   every ``--window`` seconds in alternating order; the first second of each window is
   dropped (attach, detach). Neighbouring windows share the machine's load, so each
   on/off cycle is a pair. This is the steady-state cost on a long training run;
@@ -41,9 +41,10 @@ import threading
 import time
 from pathlib import Path
 
-from perfwatch.diagnose import CATEGORIES
 from perfwatch.env import cpu_model
-from perfwatch.profile import COLLECTOR_INTERVAL_S, DEFAULT_RATE, GIL_RATE_DIVISOR, ProfileOptions, Sampler
+from perfwatch.profile.diagnose import CATEGORIES
+from perfwatch.profile.pyspy import DEFAULT_RATE
+from perfwatch.profile.run import COLLECTOR_INTERVAL_S, GIL_RATE_DIVISOR, ProfileOptions, Sampler
 from perfwatch.stats import median, paired_ratio
 
 ROOT = Path(__file__).resolve().parents[1]

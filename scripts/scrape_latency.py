@@ -30,17 +30,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-from perfwatch.env import cpu_model
-from perfwatch.runner import kill_tree
-from perfwatch.stats import quantile
-
 from collector_cost import NODE_EXPORTER_NAMES, node_exporter  # a sibling script
+
+from perfwatch.bench.runner import kill_tree
+from perfwatch.env import cpu_model
+from perfwatch.stats import quantile
 
 # argv: workers, port (0: no monitor()), seconds to sleep per step (0: train flat out).
 TRAINING = textwrap.dedent(
     """
     import contextlib, sys, time, torch
-    import perfwatch.monitoring
+    import perfwatch
     from perfwatch.instrument import StepTimer
     from perfwatch.pipelines.datasets import DatasetSpec, open_dataset
     from perfwatch.pipelines.loader import EndlessBatches, build_loader
@@ -52,7 +52,7 @@ TRAINING = textwrap.dedent(
     batches = EndlessBatches(build_loader(dataset, num_workers=workers, batch_size=32))
     model = build_model("cnn")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    scope = perfwatch.monitoring.monitor(port=port) if port else contextlib.nullcontext()
+    scope = perfwatch.monitor(port=port) if port else contextlib.nullcontext()
     with scope as mon:
         timer = mon.timer if port else StepTimer()
         for n, (x, y) in enumerate(timer.iter(batches)):

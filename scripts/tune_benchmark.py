@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 
 from perfwatch import stats
+from perfwatch.cli.tune import REFERENCE_DATASETS, load_dataset
 from perfwatch.env import cpu_model
 from perfwatch.pipelines.loader import LoaderKnobs
-from perfwatch.tune import REFERENCE_DATASETS, EpochBench, TuneResult, load_dataset, loader_call, tune_loader
+from perfwatch.tune.measure import EpochBench, tune_loader
+from perfwatch.tune.search import TuneResult, loader_call
 
 GRID_EPOCHS = 2  # measured epochs per grid trial: the tuner's final trial
 

@@ -7,9 +7,9 @@ quick suite; ``repeat = 3`` keeps ci to three launches per combination.
 import torch
 import torch.distributed
 
+from perfwatch.bench.suite import by_size
 from perfwatch.pipelines.ddp import run_ddp
 from perfwatch.pipelines.models import MODEL_NAMES
-from perfwatch.suite import by_size
 
 
 class DataParallel:

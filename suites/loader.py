@@ -7,9 +7,9 @@ decode-like numpy passes, so workers have real CPU work to parallelize.
 
 import torch
 
+from perfwatch.bench.suite import by_size
 from perfwatch.pipelines.datasets import FORMATS, DatasetSpec, open_dataset
 from perfwatch.pipelines.loader import EndlessBatches, build_loader, measure_epoch, measure_first_batch
-from perfwatch.suite import by_size
 
 # Small images, CPU work per sample: an epoch takes ~0.1 s on two cores, so the
 # runner's sample cap (not its time cap) ends quick and ci benchmarks.

@@ -6,9 +6,9 @@ measured calls see a steady state. Every step is instrumented with StepTimer.
 
 import torch
 
+from perfwatch.bench.suite import by_size
 from perfwatch.pipelines.models import MODEL_NAMES
 from perfwatch.pipelines.train import TrainConfig, TrainingBenchmark
-from perfwatch.suite import by_size
 
 MODELS = list(MODEL_NAMES)
 STEPS_PER_CALL = 5  # a track call stays under ~0.3 s on two CPU cores

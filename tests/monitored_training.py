@@ -1,4 +1,4 @@
-"""A small training loop under ``perfwatch.monitoring.monitor``, as a user would write it.
+"""A small training loop under ``perfwatch.monitor``, as a user would write it.
 
 The integration tests run it as a process of its own, alone or as each rank of a
 torchrun job (DDP; gloo on the CPU, nccl on GPUs), so the exporter serves from a real
@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from perfwatch.monitoring import monitor
+from perfwatch.monitoring.session import monitor
 from perfwatch.pipelines.datasets import DatasetSpec, MemoryDataset
 from perfwatch.pipelines.loader import LoaderKnobs, build_loader
 from perfwatch.pipelines.models import build_model

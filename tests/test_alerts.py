@@ -17,12 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
-from perfwatch.alerts import ALERT_LIFETIME, PUSH_JOB, AlertSinks, send_alerts
-from perfwatch.compare import compare_runs
-from perfwatch.results import BenchResult, RunRecord
 from servers import Alertmanager, Pushgateway, free_port, wait_until
 from test_exporter import assert_promtool_clean, documented_metrics, scrape, value
+
+from perfwatch.config import AlertSinks
+from perfwatch.regress.alerts import ALERT_LIFETIME, PUSH_JOB, send_alerts
+from perfwatch.regress.compare import compare_runs
+from perfwatch.results import BenchResult, RunRecord
 
 STEADY = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01, 0.99, 1.00, 1.02,
           0.98, 1.01, 1.00, 0.99, 1.00, 1.01, 0.99, 1.00, 1.02, 0.98]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_perfwatch
-from perfwatch.baseline import machine_differences
+from helpers import run_perfwatch
 from test_compare_cli import MACHINE, STEADY, assert_one_line_error, bench, scaled, store_run
+
+from perfwatch.regress.compare import machine_differences
 
 
 def test_machine_differences_name_each_fact_that_differs():

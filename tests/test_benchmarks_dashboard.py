@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
 from grafana_dashboards import Target, targets
-from perfwatch.alerts import AlertSinks, send_alerts
-from perfwatch.compare import compare_runs
 from servers import Prometheus, Pushgateway
 from test_alerts import BAD, BASELINE, CLEAN
 from test_prometheus_integration import PanelQueries, prometheus_config
+
+from perfwatch.config import AlertSinks
+from perfwatch.regress.alerts import send_alerts
+from perfwatch.regress.compare import compare_runs
 
 BENCHMARK_TARGETS = [t for t in targets() if t.dashboard == "benchmarks"]
 BATCH_MEDIAN = 'perfwatch_benchmark_median_seconds{benchmark="loader.time_batch(workers=2)"}'

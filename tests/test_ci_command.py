@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import run_perfwatch, write_suite
-from perfwatch import ci_report
-from perfwatch.baseline import Comparison
-from perfwatch.cli import cli
-from perfwatch.compare import compare_runs
+from helpers import run_perfwatch, write_suite
 from servers import free_port
 from test_compare_cli import MACHINE, NOISY, STEADY, assert_one_line_error, bench, scaled
+
+from perfwatch.cli import cli
+from perfwatch.regress import ci_report
+from perfwatch.regress.compare import Comparison, compare_runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,7 +216,7 @@ class Webhook(BaseHTTPRequestHandler):
 
 
 def test_alerts_are_sent_and_a_failed_delivery_changes_nothing(project):
-    pytest.importorskip("perfwatch.alerts")
+    pytest.importorskip("perfwatch.regress.alerts")
     server = HTTPServer(("127.0.0.1", 0), Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -235,7 +234,7 @@ def test_alerts_are_sent_and_a_failed_delivery_changes_nothing(project):
 
 
 def test_against_a_git_ref_runs_both_sides_interleaved(project):
-    pytest.importorskip("perfwatch.paired")
+    pytest.importorskip("perfwatch.bench.paired")
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=project,
                                     check=True, capture_output=True)
     git("init", "-q", "-b", "main")

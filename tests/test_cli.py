@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from conftest import run_perfwatch, write_suite
+from helpers import run_perfwatch, write_suite
 
 GOOD = '''
 def time_tiny():

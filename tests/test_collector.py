@@ -14,10 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import TREE_CHILD
 
-from perfwatch.collector import Collector, parse_pressure, read_pressure
-from conftest import TREE_CHILD
 from perfwatch.errors import UserError
+from perfwatch.monitoring.collector import Collector, parse_pressure, read_pressure
 
 WORKERS = 3
 NOBODY = 65534

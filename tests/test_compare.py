@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from perfwatch.compare import VERDICTS, compare_benchmark, compare_runs, compare_samples, summarize
+from perfwatch.regress.compare import VERDICTS, compare_benchmark, compare_runs, compare_samples, summarize
 from perfwatch.results import BenchResult, RunRecord
 
 # 20 timings around 1 s with ~1% spread, and the same values in another order (an A/A pair).

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_perfwatch
 
-from conftest import run_perfwatch
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.store import Store
 

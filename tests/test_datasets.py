@@ -9,14 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from perfwatch.pipelines.datasets import (
-    FORMATS,
-    DatasetSpec,
-    NpyDataset,
-    cache_root,
-    materialize,
-    open_dataset,
-)
+from perfwatch.pipelines.datasets import FORMATS, DatasetSpec, NpyDataset, cache_root, materialize, open_dataset
 
 # 300 samples: two RNG blocks and two parquet row groups, the second one partial.
 SPEC = DatasetSpec(num_samples=300, sample_shape=(2, 4, 4), num_classes=5, seed=7, transform_cost=1)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from perfwatch.detect import ChangePoint, change_points, drop_small_steps, run_values
+from perfwatch.regress.detect import ChangePoint, change_points, drop_small_steps, run_values
 
 # Step time around 10.0 s with +-2% noise, then around 11.0 s from run 12 on.
 ONE_STEP = [10.1, 9.9, 10.0, 10.2, 9.8, 10.1, 10.0, 9.9, 10.1, 10.0, 9.9, 10.2,

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from perfwatch.diagnose import (
+from perfwatch.profile.diagnose import (
     HIGH_INPUT_SHARE,
     MODERATE_INPUT_SHARE,
     SOURCE_WEIGHT,

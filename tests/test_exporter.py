@@ -21,18 +21,18 @@ from typing import Iterator
 
 import psutil
 import pytest
+import servers
+from helpers import TREE_CHILD
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-
-from perfwatch.collector import Collector
-from perfwatch.errors import UserError
-from perfwatch.exporter import STEP_BUCKETS, MetricsServer, PerfwatchMetrics, Pusher, TrainingMetrics
-from perfwatch.instrument import PHASES, StepRecord
-from perfwatch.runner import kill_tree
-
-import servers
-from conftest import TREE_CHILD
 from servers import Pushgateway, binary, free_port
+
+from perfwatch.bench.runner import kill_tree
+from perfwatch.errors import UserError
+from perfwatch.instrument import PHASES, StepRecord
+from perfwatch.monitoring.collector import Collector
+from perfwatch.monitoring.metrics import STEP_BUCKETS, PerfwatchMetrics, TrainingMetrics
+from perfwatch.monitoring.serve import MetricsServer, Pusher
 
 GIB = 1 << 30
 
@@ -207,7 +207,7 @@ def test_training_metrics_from_step_records(caplog):
         training.log(loss=torch.tensor(0.25, requires_grad=True) * 2, lr=1e-3)
         logged = scrape(url)
         training.log(loss="not a number")
-        with caplog.at_level(logging.WARNING, logger="perfwatch.exporter"):
+        with caplog.at_level(logging.WARNING, logger="perfwatch"):
             bad = [scrape(url), scrape(url)]
     assert_promtool_clean(logged)
     rank = {"rank": "3"}
@@ -312,7 +312,7 @@ def test_push_to_a_real_pushgateway_and_one_warning_per_failure_burst(tmp_path, 
     port = free_port()
     pusher = Pusher(registry, f"127.0.0.1:{port}", job="pwtest", grouping_key={"instance": "box", "rank": "1"},
                     timeout=2)
-    with caplog.at_level(logging.INFO, logger="perfwatch.exporter"):
+    with caplog.at_level(logging.INFO, logger="perfwatch"):
         assert not pusher.push() and not pusher.push()  # nothing listens yet: one burst
         monkeypatch.setattr(servers, "free_port", lambda: port)  # the gateway comes up where pushes failed
         with Pushgateway(tmp_path) as gateway:

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from perfwatch.collector import Collector
 from perfwatch.gpu import GpuSampler, gpu_inventory
+from perfwatch.monitoring.collector import Collector
 
 GIB = 1 << 30
 WATCHED, OTHER_WATCHED, STRANGER = 4242, 4343, 999

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from grafana_dashboards import (
-    DASHBOARDS, GRAFANA, VARIABLE, format_value, interpolate, load, panels, targets, variables,
+    DASHBOARDS,
+    GRAFANA,
+    VARIABLE,
+    format_value,
+    interpolate,
+    load,
+    panels,
+    targets,
+    variables,
 )
 from servers import binary
 

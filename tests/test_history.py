@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import run_perfwatch
 from PIL import Image
+from test_cli import assert_one_line_error
 
-from conftest import run_perfwatch
-from perfwatch.history import analyze, build_series, fewest_runs, find_steps, matches, plot_name
+from perfwatch.regress.history import analyze, build_series, fewest_runs, find_steps, matches, plot_name
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.store import Store
-from test_cli import assert_one_line_error
 
 # Five samples per run, within +-0.3% of the run's level.
 JITTER = (1.000, 1.002, 0.998, 1.003, 0.997)

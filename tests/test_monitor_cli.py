@@ -13,11 +13,11 @@ import sys
 import textwrap
 
 import pytest
-
-from conftest import run_perfwatch
-from perfwatch.monitoring import serve
+from helpers import run_perfwatch
 from servers import free_port
 from test_exporter import assert_promtool_clean, types, value, wait_for_scrape
+
+from perfwatch.monitoring.session import serve
 
 NOBODY = 65534
 

@@ -9,11 +9,11 @@ import socket
 import threading
 
 import pytest
-
-from perfwatch.errors import UserError
-from perfwatch.monitoring import monitor
 from servers import Pushgateway, free_port, free_ports
 from test_exporter import scrape, types, value, wait_for_scrape
+
+from perfwatch.errors import UserError
+from perfwatch.monitoring.session import monitor
 
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -186,7 +186,7 @@ def test_an_error_in_the_loop_propagates_and_still_frees_the_port():
 
 def test_unreachable_pushgateway_only_warns(caplog):
     training = Training()
-    with caplog.at_level(logging.WARNING, logger="perfwatch.exporter"):
+    with caplog.at_level(logging.WARNING, logger="perfwatch"):
         with monitor(port=0, interval=0.05, push=f"127.0.0.1:{free_port()}", push_interval=0.05) as mon:
             training.epoch(mon)
             wait_for_scrape(mon.url, lambda t: value(t, "perfwatch_collector_samples_total") >= 3)

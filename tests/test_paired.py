@@ -1,4 +1,4 @@
-"""Paired runs: a git ref and the working tree measured interleaved in live workers (perfwatch.paired)."""
+"""Paired runs: a git ref and the working tree measured interleaved in live workers (perfwatch.bench.paired)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from conftest import write_suite
+from helpers import write_suite
 from servers import wait_until
-from perfwatch.compare import compare_runs
+
+from perfwatch.bench.paired import run_against
+from perfwatch.bench.suite import discover
 from perfwatch.errors import UserError
-from perfwatch.paired import run_against
+from perfwatch.regress.compare import compare_runs
 from perfwatch.stats import median
-from perfwatch.suite import discover
 
 # The user's code: COST sets how much work one call does; the candidate quadruples it.
 WORK = """
@@ -213,7 +213,7 @@ def test_ctrl_c_kills_the_workers_and_removes_the_worktree(tmp_path):
     """)
     git(repo, "init", "-q")
     commit_all(repo)
-    script = f"from pathlib import Path; from perfwatch.paired import run_against; run_against('HEAD', 'quick', repo=Path({str(repo)!r}))"
+    script = f"from pathlib import Path; from perfwatch.bench.paired import run_against; run_against('HEAD', 'quick', repo=Path({str(repo)!r}))"
     runner = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=60, what="the benchmark to start")

@@ -13,21 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_perfwatch
 
-from conftest import run_perfwatch
 from perfwatch.instrument import StepTimer
-from perfwatch.profile import (
-    Frame,
-    Stack,
-    attribute,
-    busy_threads,
-    intra_op_threads,
-    may_trace,
-    parse_collapsed,
-    publish_timer,
-    read_timer_summaries,
-    stack_phase,
-)
+from perfwatch.profile.attribution import attribute, stack_phase
+from perfwatch.profile.channel import publish_timer, read_timer_summaries
+from perfwatch.profile.pyspy import may_trace
+from perfwatch.profile.rows import busy_threads, intra_op_threads
+from perfwatch.profile.stacks import Frame, Stack, parse_collapsed
 
 ZOO = Path(__file__).parent / "zoo"
 SITE = "/usr/lib/python3.11/site-packages"
@@ -296,7 +289,7 @@ def test_a_steptimer_in_the_script_gives_exact_phase_shares(tmp_path):
     command = script(tmp_path, """
         import time
         from perfwatch.instrument import StepTimer
-        from perfwatch.profile import publish_timer
+        from perfwatch.profile.channel import publish_timer
 
         timer = StepTimer("cpu")
         publish_timer(timer)  # the timer already publishes itself: an old-style extra call must not count twice

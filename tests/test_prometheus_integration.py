@@ -1,7 +1,7 @@
 """perfwatch's live monitoring against a real Prometheus, Pushgateway and Alertmanager.
 
 A real training process (tests/monitored_training.py: an MLP fed by a DataLoader
-with worker processes, under ``perfwatch.monitoring.monitor``) is scraped every
+with worker processes, under ``perfwatch.monitor``) is scraped every
 second by Prometheus running grafana/prometheus.yml and its rules, retargeted to
 this test's ports. Then:
 
@@ -37,12 +37,13 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
-
 from grafana_dashboards import DASHBOARDS, GRAFANA, Target, interpolate, load, resolve_variables, targets
-from perfwatch.collector import Collector
-from perfwatch.exporter import Exporter, PerfwatchMetrics, TrainingMetrics
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from servers import Alertmanager, Prometheus, Pushgateway, free_port, free_ports, wait_until
+
+from perfwatch.monitoring.collector import Collector
+from perfwatch.monitoring.metrics import PerfwatchMetrics, TrainingMetrics
+from perfwatch.monitoring.serve import Exporter
 
 pytestmark = pytest.mark.slow
 

@@ -17,12 +17,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from helpers import run_perfwatch
 
-from conftest import run_perfwatch
-from perfwatch.flamegraph import flame_graph_svg
 from perfwatch.pages import md_code, md_escape
-from perfwatch.profile import Frame, Stack
-from perfwatch.report import draw_profile_figures, write_profile_pages
+from perfwatch.profile.flamegraph import flame_graph_svg
+from perfwatch.profile.page import draw_profile_figures, write_profile_pages
+from perfwatch.profile.stacks import Frame, Stack
 from perfwatch.results import BenchResult, RunRecord, new_run_id
 from perfwatch.store import Store
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import TREE_CHILD, write_suite
 
-from conftest import TREE_CHILD, write_suite
-from perfwatch.runner import busy_warning, discover, kill_tree, run_suite, select
+from perfwatch.bench.runner import busy_warning, discover, kill_tree, run_suite, select
 from perfwatch.errors import UserError
 
 SUITE = '''

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perfwatch.alerts import AlertSinks
-from perfwatch.config import load_config
+from perfwatch.config import AlertSinks, load_config
 from perfwatch.env import fingerprint, git_state
 from perfwatch.errors import UserError
 from perfwatch.results import BenchResult, RunRecord, new_run_id

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from perfwatch.suite import SIZES
+from perfwatch.config import SIZES
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 

@@ -8,12 +8,13 @@ import textwrap
 
 import pytest
 import torch
+from helpers import run_perfwatch
 from torch.utils.data import Dataset, TensorDataset
 
-from conftest import run_perfwatch
 from perfwatch.errors import UserError
 from perfwatch.pipelines.loader import LoaderKnobs
-from perfwatch.tune import EpochBench, SearchSpace, Trial, search
+from perfwatch.tune.measure import EpochBench
+from perfwatch.tune.search import SearchSpace, Trial, search
 
 SPACE = SearchSpace(num_workers=(0, 1, 2, 4), batch_sizes=(16, 32, 64, 128, 256))
 DEFAULT = LoaderKnobs(batch_size=64)

@@ -1,6 +1,6 @@
 """The ``perfwatch`` command line: parse, call a public function, print.
 
-Only this package turns errors into messages and exit codes (DESIGN.md): 0 ok,
+Only this package turns errors into messages and exit codes (docs/architecture.md): 0 ok,
 1 confirmed regression, 2 usage or input error, 3 a benchmark failed. A
 traceback is shown only with ``--debug``. Each module holds one family of
 commands and registers it on the group in ``app``.
@@ -14,9 +14,9 @@ import traceback
 
 import click
 
-from ..errors import PerfwatchError
-from . import bench, history, regress, report, tune, watch  # noqa: F401  (registers the commands)
-from .app import cli, err
+from perfwatch.cli import bench, history, regress, report, tune, watch  # noqa: F401  (registers the commands)
+from perfwatch.cli.app import cli, err
+from perfwatch.errors import PerfwatchError
 
 __all__ = ["cli", "main"]
 

@@ -9,8 +9,8 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..config import Config, load_config
-from ..store import Store
+from perfwatch.config import Config, load_config
+from perfwatch.store import Store
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

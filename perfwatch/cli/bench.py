@@ -17,11 +17,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .. import display, runner
-from ..errors import BenchmarkFailed
-from ..results import BenchResult
-from ..suite import SIZES, Benchmark
-from .app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
+from perfwatch import display
+from perfwatch.bench import runner
+from perfwatch.bench.suite import Benchmark
+from perfwatch.cli.app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
+from perfwatch.config import SIZES
+from perfwatch.errors import BenchmarkFailed
+from perfwatch.results import BenchResult
 
 
 @cli.command()

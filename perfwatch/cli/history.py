@@ -10,11 +10,11 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..display import format_value
-from .app import cli, config_of, out, results_dir_option, store_of
+from perfwatch.cli.app import cli, config_of, out, results_dir_option, store_of
+from perfwatch.display import format_value
 
 if TYPE_CHECKING:
-    from ..history import History
+    from perfwatch.regress.history import History
 
 
 @cli.command()
@@ -32,7 +32,7 @@ def history(ctx: click.Context, bench: str | None, results_dir: Path | None, plo
     it, the medians before and after, the change and its p-value; steps smaller than the
     benchmark's regression threshold are left out.
     """
-    from .. import history as history_lib  # numpy loads only for this command
+    from perfwatch.regress import history as history_lib  # numpy loads only for this command
 
     plot_dir = plot_dir or history_lib.DEFAULT_PLOT_DIR
     store = store_of(ctx, results_dir)

@@ -10,26 +10,19 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import ci_report, display, runner, stats
-from ..baseline import (
-    DEFAULT_BASELINE,
-    Comparison,
-    compare_against,
-    describe_run,
-    load_baseline,
-    load_reference,
-    machine_differences,
-    mismatch_error,
-    save_baseline,
-)
-from ..alerts import AlertSinks, send_alerts
-from ..config import URL_SCHEMES
-from ..env import fingerprint
-from ..errors import UserError
-from ..results import BenchResult, RunRecord
-from ..suite import SIZES, Benchmark
-from ..thresholds import ThresholdError, Thresholds, parse_thresholds
-from .app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
+from perfwatch import display, stats
+from perfwatch.bench import runner
+from perfwatch.bench.suite import Benchmark
+from perfwatch.cli.app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
+from perfwatch.config import SIZES, URL_SCHEMES, AlertSinks
+from perfwatch.env import fingerprint
+from perfwatch.errors import UserError
+from perfwatch.regress import ci_report
+from perfwatch.regress.alerts import send_alerts
+from perfwatch.regress.baseline import DEFAULT_BASELINE, describe_run, load_baseline, load_reference, save_baseline
+from perfwatch.regress.compare import Comparison, compare_against, machine_differences, mismatch_error
+from perfwatch.results import BenchResult, RunRecord
+from perfwatch.thresholds import ThresholdError, Thresholds, parse_thresholds
 
 VERDICT_STYLE = {"regressed": "bold red", "improved": "green", "unchanged": "", "too-noisy": "yellow",
                  "new": "cyan", "missing": "magenta", "failed": "bold red", "insufficient": "yellow"}
@@ -272,7 +265,7 @@ def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, baseline_pa
             raise mismatch_error(differences)  # before a 15-minute suite, not after
         candidate = run_here(list(paths) or runner.default_paths(config.paths), size, pattern)
     else:
-        from ..paired import run_against
+        from perfwatch.bench.paired import run_against
 
         warn_if_busy()  # both sides share the load, but it still widens their spread
         baseline_run, candidate = run_against(ref, size, pattern=pattern, paths=tuple(paths) or config.paths,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .app import cli, config_of, out, results_dir_option, store_of
+from perfwatch.cli.app import cli, config_of, out, results_dir_option, store_of
 
 
 @cli.command("report")
@@ -26,7 +26,11 @@ def report_command(ctx: click.Context, run_ref: str | None, out_dir: Path | None
     benchmark family's metric against its numeric parameters (loader throughput against
     num_workers and batch_size), and the comparison with the baseline.
     """
-    from ..report import default_out, find_baseline, write_run_report  # matplotlib loads only for this command
+    from perfwatch.regress.report import (  # matplotlib loads only for this command
+        default_out,
+        find_baseline,
+        write_run_report,
+    )
 
     record = store_of(ctx, results_dir).load(run_ref)
     reference = find_baseline(baseline)

@@ -2,15 +2,78 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from .. import display, runner
-from ..tune import REFERENCE_DATASETS, TuneResult, load_dataset, loader_call
-from .app import cli, err, out
+from perfwatch import display
+from perfwatch.bench import runner
+from perfwatch.cli.app import cli, err, out
+from perfwatch.errors import UserError, one_line
+from perfwatch.tune.search import TuneResult, loader_call
+
+if TYPE_CHECKING:  # torch loads only when a loader is tuned
+    from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference dataset: a synthetic spec in one storage format, and its bottleneck."""
+
+    format: str
+    spec: Mapping[str, Any]
+    about: str
+
+
+REFERENCE_DATASETS: dict[str, Reference] = {
+    "transforms": Reference("memory", {"num_samples": 2048, "transform_cost": 8},
+                            "in memory, 8 numpy passes per sample: CPU-bound transforms"),
+    "files": Reference("files", {"num_samples": 4096},
+                       "one small file per sample: an open and a read per sample"),
+    "npy": Reference("npy", {"num_samples": 4096}, "one memory-mapped .npy: cheap reads, per-batch costs"),
+    "parquet": Reference("parquet", {"num_samples": 4096}, "Parquet row groups, decoded per process"),
+}
+
+
+def load_dataset(ref: str) -> Dataset:
+    """The dataset ``ref`` names: a reference dataset, or ``module:callable`` imported from the
+    working directory and called with no arguments."""
+    if ref in REFERENCE_DATASETS:
+        from perfwatch.pipelines.datasets import DatasetSpec, open_dataset
+
+        reference = REFERENCE_DATASETS[ref]
+        return open_dataset(DatasetSpec(**reference.spec), reference.format)
+    module_name, _, attribute = ref.partition(":")
+    if not (module_name and attribute):
+        raise UserError(f"--dataset {ref!r}: unknown reference dataset; choose one of "
+                        f"{', '.join(REFERENCE_DATASETS)}, or give MODULE:CALLABLE that returns a torch Dataset")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UserError(f"--dataset {ref}: importing {module_name!r} failed: {one_line(exc)} "
+                        "(run from the directory that holds it)") from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise UserError(f"--dataset {ref}: module {module_name!r} has no callable {attribute!r}")
+    try:
+        dataset = factory()
+    except Exception as exc:
+        raise UserError(f"--dataset {ref}: calling {attribute}() failed: {one_line(exc)}") from exc
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise UserError(f"--dataset {ref}: {attribute}() returned a value of type {type(dataset).__name__}, "
+                        "not a map-style torch Dataset (with __len__ and __getitem__)")
+    return dataset
+
 
 DATASETS_HELP = "; ".join(f"{name}: {ref.about}" for name, ref in REFERENCE_DATASETS.items())
 
@@ -38,7 +101,7 @@ def loader(ref: str, budget: float, batch_size: int, shuffle: bool, as_json: boo
     default config (torch's defaults at --batch-size) side by side. Throughput is samples/s
     over real epochs of a real DataLoader, worker restarts between epochs included.
     """
-    from ..tune import tune_loader  # torch loads only for this command
+    from perfwatch.tune.measure import tune_loader  # torch loads only for this command
 
     dataset = load_dataset(ref)
     warning = runner.busy_warning()

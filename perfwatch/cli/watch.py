@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .app import cli
+from perfwatch.cli.app import cli
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -31,7 +31,7 @@ def monitor(port: int, bind: str, interval: float, push: str | None, pid: int | 
     With --pid, stops once that process exits. With neither, serves the host until
     Ctrl-C.
     """
-    from ..monitoring import serve  # prometheus_client loads only for this command
+    from perfwatch.monitoring.session import serve  # prometheus_client loads only for this command
 
     code = serve(port=port, bind=bind, interval=interval, push=push, pid=pid, command=command,
                  uss_interval=uss_interval, say=lambda line: click.echo(f"perfwatch: {line}", err=True))
@@ -62,7 +62,7 @@ def profile_command(out: Path | None, duration: float | None, keep_running: bool
     bottleneck (data loading, host-to-device copies, compute or other), its evidence and the
     knobs to turn. Exits with the command's exit code.
     """
-    from ..profile import ProfileOptions, run_profile
+    from perfwatch.profile.run import ProfileOptions, run_profile
 
     options = ProfileOptions(out=out, duration=duration, keep_running=keep_running, pyspy=not no_pyspy,
                              rate=rate, torch_profiler=torch_profiler)

@@ -13,8 +13,8 @@ import os
 import tempfile
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.datasets import DatasetSpec, open_dataset
 from perfwatch.pipelines.loader import build_loader
 from perfwatch.pipelines.models import build_model

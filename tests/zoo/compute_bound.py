@@ -8,8 +8,8 @@ Ground truth: compute (forward + backward + optimizer take nearly all the wall t
 """
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.datasets import DatasetSpec, open_dataset
 from perfwatch.pipelines.loader import build_loader
 from perfwatch.pipelines.models import build_model

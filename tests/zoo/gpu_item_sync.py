@@ -10,8 +10,8 @@ without CUDA.
 """
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.models import build_model
 
 EXPECTED = "compute"

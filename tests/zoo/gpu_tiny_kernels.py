@@ -10,8 +10,8 @@ graphs or torch.compile would also help. Skipped without CUDA.
 """
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.models import build_model
 
 EXPECTED = "compute"

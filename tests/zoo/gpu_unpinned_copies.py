@@ -10,7 +10,6 @@ or uint8 batches normalized on the GPU). Skipped without CUDA.
 """
 
 import torch
-
 from common import parse_args, train
 
 EXPECTED = "host_to_device"

@@ -11,8 +11,8 @@ suggest compute-side knobs (bf16 autocast, channels_last, torch.compile).
 """
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.datasets import DatasetSpec, open_dataset
 from perfwatch.pipelines.loader import build_loader
 from perfwatch.pipelines.models import build_model

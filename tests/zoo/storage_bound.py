@@ -15,8 +15,8 @@ latency and a packed format such as memory-mapped .npy or Parquet).
 import time
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.datasets import DatasetSpec, FilesDataset, materialize
 from perfwatch.pipelines.loader import build_loader
 from perfwatch.pipelines.models import build_model

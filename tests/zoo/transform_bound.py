@@ -9,8 +9,8 @@ DataLoader's ``__next__``; the fix is worker processes).
 """
 
 import torch
-
 from common import parse_args, train
+
 from perfwatch.pipelines.datasets import DatasetSpec, open_dataset
 from perfwatch.pipelines.loader import build_loader
 from perfwatch.pipelines.models import build_model

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-SIZES = ("quick", "ci", "full")
+from perfwatch.config import SIZES
+
 SIZE_ENV = "PERFWATCH_SUITE"
 
 T = TypeVar("T")

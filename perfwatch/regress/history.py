@@ -15,10 +15,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import detect, stats
-from .errors import UserError
-from .results import RunRecord
-from .thresholds import Thresholds, parse_thresholds
+from perfwatch import stats
+from perfwatch.errors import UserError
+from perfwatch.regress import detect
+from perfwatch.results import RunRecord
+from perfwatch.thresholds import Thresholds, parse_thresholds
 
 DEFAULT_PLOT_DIR = Path("reports/history")
 _MAX_TICK_LABELS = 40

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 
-from .profile import Stack, frame_phase
+from perfwatch.profile.attribution import frame_phase
+from perfwatch.profile.stacks import Stack
 
 FLAME_WIDTH = 1200
 FLAME_ROW = 16

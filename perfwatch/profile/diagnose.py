@@ -1,7 +1,7 @@
 """Bottleneck classification and recommendations: pure functions over measurements.
 
 ``diagnose(Measurements)`` returns the report's ``bottleneck``, ``phases``,
-``findings`` and ``recommendations`` (DESIGN.md). Every threshold below is named and
+``findings`` and ``recommendations`` (docs/architecture.md). Every threshold below is named and
 cites where it comes from; every expected gain is a bound derived from the measured
 shares (Amdahl's law, and the machine's cores where the work is CPU-bound), with its
 reasoning spelled out, never a promise.

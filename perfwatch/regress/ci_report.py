@@ -17,12 +17,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
-from .baseline import Comparison
-from .compare import VERDICTS, Verdict
-from .display import format_value
-from .pages import md_escape
-from .results import RunRecord
-from .store import write_atomic
+from perfwatch.display import format_value
+from perfwatch.pages import md_escape
+from perfwatch.regress.compare import VERDICTS, Comparison, Verdict
+from perfwatch.results import RunRecord
+from perfwatch.store import write_atomic
 
 VERDICT_ICONS = {
     "regressed": "🔴", "improved": "🟢", "unchanged": "⚪", "too-noisy": "🟡",

@@ -20,9 +20,10 @@ from typing import Any, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from . import stats
-from .compare import Verdict, compare_benchmark, summarize
-from .results import RunRecord
+from perfwatch import stats
+from perfwatch.config import AlertSinks
+from perfwatch.regress.compare import Verdict, compare_benchmark, summarize
+from perfwatch.results import RunRecord
 
 # Alertmanager resolves an alert at endsAt unless it is sent again. A CI run is a one-off event
 # with no follow-up to resolve it, so the alert lasts a day: until the next nightly run re-sends
@@ -41,16 +42,6 @@ MEDIAN_METRICS = {
     "ratio": "perfwatch_benchmark_median_ratio",
 }
 OTHER_MEDIAN_METRIC = "perfwatch_benchmark_median"
-
-
-@dataclass(frozen=True)
-class AlertSinks:
-    """Where alerts go; a sink left None is not used."""
-
-    webhook: str | None = None  # URL that receives a JSON POST (Slack incoming webhooks work)
-    alertmanager: str | None = None  # base URL, e.g. http://127.0.0.1:9093
-    pushgateway: str | None = None  # base URL or host:port
-    timeout: float = 10.0  # seconds per request
 
 
 @dataclass(frozen=True)

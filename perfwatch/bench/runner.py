@@ -21,11 +21,12 @@ from typing import Callable
 
 import psutil
 
-from .env import fingerprint
-from .errors import UserError
-from .results import BenchResult, RunRecord, new_run_id, utc_now_iso
-from .suite import SIZE_ENV, SIZES, Benchmark
-from .worker import Budget
+from perfwatch.bench.suite import SIZE_ENV, Benchmark
+from perfwatch.bench.worker import Budget
+from perfwatch.config import SIZES
+from perfwatch.env import fingerprint
+from perfwatch.errors import UserError
+from perfwatch.results import BenchResult, RunRecord, new_run_id, utc_now_iso
 
 # Per suite size: (measurement budget, default timeout in seconds for one benchmark process).
 BUDGETS: dict[str, tuple[Budget, float]] = {

@@ -20,77 +20,24 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from . import runner
-from .env import fingerprint
-from .errors import UserError
-from .results import BenchResult, RunRecord, new_run_id, utc_now_iso
-from .suite import SIZES, Benchmark
-from .worker import Budget
+from perfwatch.bench import runner
+from perfwatch.bench.gitrefs import checked_out, moved, repository_root, resolve_commit
+from perfwatch.bench.suite import Benchmark
+from perfwatch.bench.worker import Budget
+from perfwatch.config import SIZES
+from perfwatch.env import fingerprint
+from perfwatch.errors import UserError
+from perfwatch.results import BenchResult, RunRecord, new_run_id, utc_now_iso
 
-GIT_TIMEOUT = 120.0
 CLOSE_TIMEOUT = 30.0  # for teardown
-
-
-def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run git in ``root``; never raises for git's own failures (the caller words the error)."""
-    try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=GIT_TIMEOUT)
-    except FileNotFoundError:
-        raise UserError("git is not installed; --against REF needs git to check out REF") from None
-    except subprocess.TimeoutExpired:
-        raise UserError(f"git {' '.join(args)} did not finish in {GIT_TIMEOUT:g} s in {root}") from None
-
-
-def repository_root(directory: Path) -> Path:
-    """The top of the git working tree around ``directory``."""
-    done = git(directory, "rev-parse", "--show-toplevel") if directory.is_dir() else None
-    if done is None or done.returncode != 0:
-        raise UserError(f"{directory}: not inside a git repository; --against REF compares with a git ref, "
-                        "so run it in one (or compare against a baseline file)")
-    return Path(done.stdout.strip()).resolve()
-
-
-def resolve_commit(root: Path, ref: str) -> str:
-    """The full hash of the commit ``ref`` names."""
-    done = git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
-    if done.returncode != 0 or not done.stdout.strip():
-        raise UserError(f"--against {ref!r}: no such commit in {root}; pass a branch, tag or commit "
-                        "(a shallow CI clone may need `git fetch` of it first)")
-    return done.stdout.strip()
-
-
-@contextlib.contextmanager
-def checked_out(root: Path, commit: str) -> Iterator[Path]:
-    """``commit`` checked out (detached) in a temporary git worktree, removed afterwards, even on Ctrl-C."""
-    holder = Path(tempfile.mkdtemp(prefix="perfwatch-against-"))
-    tree = holder / "tree"
-    try:
-        done = git(root, "worktree", "add", "--detach", str(tree), commit)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"git worktree add of {commit[:12]} failed: {last}")
-        yield tree
-    finally:
-        git(root, "worktree", "remove", "--force", str(tree))
-        shutil.rmtree(holder, ignore_errors=True)
-        git(root, "worktree", "prune")
-
-
-def moved(path: Path, old_root: Path, new_root: Path) -> Path:
-    """``path`` under ``new_root`` where it lies under ``old_root``; elsewhere it is the same on both sides."""
-    try:
-        return new_root / path.relative_to(old_root)
-    except ValueError:
-        return path
 
 
 @dataclass(frozen=True)
@@ -101,7 +48,7 @@ class Side:
     cwd: Path
     paths: tuple[Path, ...]  # suite paths, as they are on this side
     env: dict[str, str]
-    own_worker: Path | None  # this side's perfwatch/worker.py when it imports perfwatch from its own tree
+    own_worker: Path | None  # this side's worker module (perfwatch/bench/worker.py, or perfwatch/worker.py before the move) when it imports perfwatch from its own tree
 
 
 def make_side(name: str, root: Path, repo_root: Path, here: Path, suite_paths: Sequence[Path], size: str) -> Side:
@@ -111,7 +58,8 @@ def make_side(name: str, root: Path, repo_root: Path, here: Path, suite_paths: S
     import_roots = [r for r in (root, root / "src") if r.is_dir()]  # src/ layouts import from src
     env = runner.worker_env(size)
     env["PYTHONPATH"] = os.pathsep.join([*map(str, import_roots), env["PYTHONPATH"]])
-    own = next((w for r in import_roots if (w := r / "perfwatch" / "worker.py").is_file()), None)
+    own = next((w for r in import_roots for w in (r / "perfwatch" / "bench" / "worker.py", r / "perfwatch" / "worker.py")
+                if w.is_file()), None)
     return Side(name, cwd if cwd.is_dir() else root, tuple(moved(p, repo_root, root) for p in suite_paths), env, own)
 
 

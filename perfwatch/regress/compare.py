@@ -8,7 +8,7 @@ Conventions (every row, whatever the metric's direction):
   less throughput), negative means better; ``ci_low``..``ci_high`` is its confidence interval.
   Thresholds apply to ``change`` in the metric's own terms, like pytest-benchmark's ``median:5%``.
 
-The rules (DESIGN.md: a regression is over the threshold AND significant; noise is reported, not judged):
+The rules (docs/architecture.md: a regression is over the threshold AND significant; noise is reported, not judged):
 
 * regressed: p < alpha, the interval lies above 0, and the estimate is over the threshold (asv's rule);
 * improved: the mirror image;
@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from . import stats
-from .results import BenchResult, RunRecord
-from .stats import DEFAULT_ALPHA
-from .thresholds import DEFAULT_THRESHOLD, Thresholds, parse_thresholds
+from perfwatch import stats
+from perfwatch.errors import BenchmarkFailed, PerfwatchError, RegressionFound, UserError
+from perfwatch.results import BenchResult, RunRecord
+from perfwatch.stats import DEFAULT_ALPHA
+from perfwatch.thresholds import DEFAULT_THRESHOLD, Thresholds, parse_thresholds
 
 VERDICTS = ("regressed", "improved", "unchanged", "too-noisy", "new", "missing", "failed", "insufficient")
 
@@ -190,3 +191,92 @@ def compare_runs(
     rows += [compare_benchmark(b, None, threshold=limits.for_name(b.name), alpha=alpha, paired=paired)
              for b in baseline.benchmarks if b.name not in after]
     return rows
+
+
+# ---------------------------------------------------------------- a judged pair of runs
+
+
+def _gpu_text(env: dict[str, Any]) -> str:
+    gpu = env.get("gpu") or {}
+    return f"{gpu.get('model')} ×{gpu.get('count')}" if gpu else "no GPU"
+
+
+def _memory_text(env: dict[str, Any]) -> str | None:
+    # Identical VMs report a few MiB apart; whole GiB is what makes timings differ.
+    memory = env.get("memory_bytes")
+    return f"{memory / 1024**3:.0f} GiB" if isinstance(memory, (int, float)) else None
+
+
+# (label, how to read the fact from an env fingerprint); see env.machine_id for the hardware facts.
+# The host name is left out on purpose: CI runners get a new one per job on identical hardware.
+_MACHINE_FACTS = (
+    ("CPU", lambda env: env.get("cpu")),
+    ("cores", lambda env: env.get("cpu_cores_logical")),
+    ("memory", _memory_text),
+    ("GPU", _gpu_text),
+    ("torch", lambda env: env.get("torch")),
+)
+
+
+def machine_differences(a_env: dict[str, Any], b_env: dict[str, Any]) -> list[str]:
+    """What makes two runs' timings incomparable: ``["CPU: A vs B", "torch: 2.12 vs 2.13"]``, or []."""
+    differences = []
+    for label, read in _MACHINE_FACTS:
+        a, b = read(a_env), read(b_env)
+        if a != b:
+            differences.append(f"{label}: {a if a is not None else 'unknown'} vs {b if b is not None else 'unknown'}")
+    return differences
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A judged pair of runs: what was compared, every verdict, and the machine facts that differ."""
+
+    baseline: RunRecord
+    candidate: RunRecord
+    verdicts: list[Verdict]
+    differences: list[str]
+    paired: bool = False
+
+    @property
+    def summary(self) -> Summary:
+        return summarize(self.verdicts)
+
+    def outcome_error(self) -> PerfwatchError | None:
+        """The error to exit with: a failed benchmark (3) wins over a regression (1), since the
+        results are incomplete; None when neither happened."""
+        failed = [v.name for v in self.verdicts if v.verdict == "failed"]
+        if failed:
+            return BenchmarkFailed(f"{len(failed)} benchmark(s) failed in the candidate: {', '.join(failed)}")
+        regressed = [v.name for v in self.verdicts if v.verdict == "regressed"]
+        if regressed:
+            return RegressionFound(f"{len(regressed)} benchmark(s) regressed: {', '.join(regressed)}")
+        return None
+
+    @property
+    def exit_code(self) -> int:
+        error = self.outcome_error()
+        return error.exit_code if error else 0
+
+
+def mismatch_error(differences: Sequence[str]) -> UserError:
+    """The refusal of a cross-machine comparison, naming what differs and the ways out."""
+    return UserError(f"baseline and candidate ran on different machines ({'; '.join(differences)}); "
+                     "their timings are not comparable: save a baseline on this machine (`perfwatch baseline save`), "
+                     "compare interleaved with `perfwatch ci --against REF`, or pass --allow-machine-mismatch")
+
+
+def compare_against(
+    baseline: RunRecord,
+    candidate: RunRecord,
+    thresholds: Thresholds | None = None,
+    *,
+    paired: bool = False,
+    allow_machine_mismatch: bool = False,
+) -> Comparison:
+    """Judge ``candidate`` against ``baseline``; refuses runs from different machines unless allowed."""
+    differences = machine_differences(baseline.env, candidate.env)
+    if differences and not allow_machine_mismatch:
+        raise mismatch_error(differences)
+    verdicts = compare_runs(baseline, candidate, thresholds, paired=paired)
+    return Comparison(baseline, candidate, verdicts, differences, paired)

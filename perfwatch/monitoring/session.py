@@ -16,11 +16,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .collector import Collector
-from .errors import UserError
-from .exporter import PUSH_INTERVAL_S, Exporter, PerfwatchMetrics, TrainingMetrics
-from .instrument import StepTimer
-from .launch import ForwardedSignals, exit_code, launch
+from perfwatch.errors import UserError
+from perfwatch.instrument import StepTimer
+from perfwatch.launch import ForwardedSignals, exit_code, launch
+from perfwatch.monitoring.collector import Collector
+from perfwatch.monitoring.metrics import PerfwatchMetrics, TrainingMetrics
+from perfwatch.monitoring.serve import PUSH_INTERVAL_S, Exporter
 
 log = logging.getLogger(__name__)
 

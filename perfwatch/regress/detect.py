@@ -30,8 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import stats
-from .stats import DEFAULT_ALPHA
+from perfwatch import stats
+from perfwatch.stats import DEFAULT_ALPHA
 
 # Fewer runs than this on one side of a step are treated as noise (an outlier run or two).
 DEFAULT_MIN_SIZE = 5

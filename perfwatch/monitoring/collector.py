@@ -28,8 +28,8 @@ from typing import Any
 
 import psutil
 
-from .errors import UserError
-from .gpu import GpuSample, GpuSampler
+from perfwatch.errors import UserError
+from perfwatch.gpu import GpuSample, GpuSampler
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,69 @@
+"""Git for paired runs (and bisection): the repository root, a ref resolved to a commit, and
+a commit checked out in a temporary worktree that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from perfwatch.errors import UserError
+
+GIT_TIMEOUT = 120.0
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run git in ``root``; never raises for git's own failures (the caller words the error)."""
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=GIT_TIMEOUT)
+    except FileNotFoundError:
+        raise UserError("git is not installed; --against REF needs git to check out REF") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"git {' '.join(args)} did not finish in {GIT_TIMEOUT:g} s in {root}") from None
+
+
+def repository_root(directory: Path) -> Path:
+    """The top of the git working tree around ``directory``."""
+    done = git(directory, "rev-parse", "--show-toplevel") if directory.is_dir() else None
+    if done is None or done.returncode != 0:
+        raise UserError(f"{directory}: not inside a git repository; --against REF compares with a git ref, "
+                        "so run it in one (or compare against a baseline file)")
+    return Path(done.stdout.strip()).resolve()
+
+
+def resolve_commit(root: Path, ref: str) -> str:
+    """The full hash of the commit ``ref`` names."""
+    done = git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if done.returncode != 0 or not done.stdout.strip():
+        raise UserError(f"--against {ref!r}: no such commit in {root}; pass a branch, tag or commit "
+                        "(a shallow CI clone may need `git fetch` of it first)")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checked_out(root: Path, commit: str) -> Iterator[Path]:
+    """``commit`` checked out (detached) in a temporary git worktree, removed afterwards, even on Ctrl-C."""
+    holder = Path(tempfile.mkdtemp(prefix="perfwatch-against-"))
+    tree = holder / "tree"
+    try:
+        done = git(root, "worktree", "add", "--detach", str(tree), commit)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"git worktree add of {commit[:12]} failed: {last}")
+        yield tree
+    finally:
+        git(root, "worktree", "remove", "--force", str(tree))
+        shutil.rmtree(holder, ignore_errors=True)
+        git(root, "worktree", "prune")
+
+
+def moved(path: Path, old_root: Path, new_root: Path) -> Path:
+    """``path`` under ``new_root`` where it lies under ``old_root``; elsewhere it is the same on both sides."""
+    try:
+        return new_root / path.relative_to(old_root)
+    except ValueError:
+        return path

@@ -1,0 +1,386 @@
+"""The benchmark worker: runs in a fresh child process, measures one benchmark, writes JSON.
+
+A benchmark that crashes, leaks or hangs takes down only this process; the runner
+records it and goes on. Usage (internal)::
+
+    python -m perfwatch.worker discover OUT.json PATH...
+    python -m perfwatch.worker run SPEC.json OUT.json
+    python -m perfwatch.worker serve
+
+``serve`` keeps one benchmark live and answers requests one JSON line at a time on
+stdin/stdout, so a parent can interleave two workers sample by sample (paired.py).
+It first writes ``{"serve": SERVE_PROTOCOL}``, then answers, in order:
+
+    {"op": "discover", "paths": [...]}             -> like discover's OUT.json
+    {"op": "open", "benchmark": {...}, "budget": {...}, "number": N | null}
+        -> {"status": "ok", "number", "warmup_s", "max_samples"} after setup, warm-up and
+           calibration (a time_ benchmark given ``number`` only warms up), or a failure
+    {"op": "sample"}                               -> {"status": "ok", "sample": x} or a failure
+    {"op": "close"}                                -> {"status": "ok"} or a teardown failure; exits
+
+A failure is ``{"status": "failed" | "skipped", "error": "one line", "traceback": "..."}``.
+The budget is used as given: the parent resolves it once for both sides of a pair.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, Callable, TypeVar
+
+from perfwatch.bench.suite import Benchmark, SuiteLoadError, discover, import_suite, lookup_attr, resolve_target
+
+CLEAR_REFS = Path("/proc/self/clear_refs")
+STATUS = Path("/proc/self/status")
+SERVE_PROTOCOL = 1  # paired.py looks for this name to tell whether a perfwatch can serve
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to warm up and sample; set by the suite size, overridden per benchmark (asv names)."""
+
+    warmup_time: float
+    sample_time: float  # a time_ sample averages enough calls to last at least this long
+    min_repeat: int
+    max_repeat: int
+    max_time: float  # stop sampling after this long once min_repeat samples exist
+
+    def for_benchmark(self, bench: Benchmark) -> Budget:
+        min_repeat, max_repeat, max_time = self.min_repeat, self.max_repeat, self.max_time
+        if isinstance(bench.repeat, int) and bench.repeat > 0:
+            min_repeat = max_repeat = bench.repeat
+        elif isinstance(bench.repeat, list) and len(bench.repeat) == 3:
+            min_repeat, max_repeat, max_time = int(bench.repeat[0]), int(bench.repeat[1]), float(bench.repeat[2])
+        return Budget(
+            warmup_time=self.warmup_time if bench.warmup_time is None or bench.warmup_time < 0 else bench.warmup_time,
+            sample_time=bench.sample_time or self.sample_time,
+            min_repeat=min_repeat,
+            max_repeat=max_repeat,
+            max_time=max_time,
+        )
+
+    def spent(self, samples: int, elapsed: float) -> bool:
+        """Sampling is over: max_repeat samples taken, or max_time passed once min_repeat exist."""
+        return samples >= self.max_repeat or (samples >= self.min_repeat and elapsed >= self.max_time)
+
+
+def time_calls(func: Callable[[], Any], number: int) -> float:
+    """Seconds per call over ``number`` calls, with the GC paused as ``timeit`` does."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(number):
+            func()
+        return (time.perf_counter() - start) / number
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def warm_up(func: Callable[[], Any], seconds: float) -> float:
+    """Call ``func`` for ``seconds`` (at least once when seconds > 0); returns the time spent."""
+    start = time.perf_counter()
+    while seconds > 0:
+        func()
+        if time.perf_counter() - start >= seconds:
+            break
+    return time.perf_counter() - start
+
+
+def calibrate(func: Callable[[], Any], sample_time: float, warmup_time: float) -> tuple[int, float]:
+    """Warm up, then pick how many calls one sample needs to last ``sample_time``.
+
+    Returns (number, seconds spent warming up); calibration calls count as warm-up.
+    """
+    start = time.perf_counter()
+    number = 1
+    while True:
+        per_call = time_calls(func, number)
+        spent = time.perf_counter() - start
+        if per_call * number >= sample_time:
+            if spent >= warmup_time:
+                return number, spent
+        else:
+            number = max(number + 1, min(number * 10, math.ceil(sample_time / max(per_call, 1e-9))))
+
+
+def sample_loop(take: Callable[[], T], budget: Budget) -> list[T]:
+    """Take samples until the budget is spent (Budget.spent)."""
+    samples: list[T] = []
+    start = time.perf_counter()
+    while not budget.spent(len(samples), time.perf_counter() - start):
+        samples.append(take())
+    return samples
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so each sample sees only its own call."""
+    try:
+        CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A warmed-up benchmark: ``take()`` measures one sample; the kind decides what a sample is."""
+
+    take: Callable[[], float]
+    number: int  # inner calls averaged into one time_ sample
+    warmup_s: float
+    max_samples: int | None = None  # a cap where only the first samples are honest
+
+
+def prepare(bench: Benchmark, func: Callable[[], Any], budget: Budget, number: int | None = None) -> Sampler:
+    """Warm up (and calibrate a time_ benchmark, unless ``number`` or the benchmark fixes it)."""
+    if bench.kind == "time":
+        fixed = number or bench.number
+        if fixed:
+            calls, warmup_s = fixed, warm_up(func, budget.warmup_time)
+        else:
+            calls, warmup_s = calibrate(func, budget.sample_time, budget.warmup_time)
+        return Sampler(lambda: time_calls(func, calls), calls, warmup_s)
+
+    if bench.kind == "peakmem":
+        if not reset_peak_rss():  # without a reset only the first call's peak is honest
+
+            def first_peak() -> float:
+                func()
+                return float(peak_rss_bytes())
+
+            return Sampler(first_peak, 1, 0.0, max_samples=1)
+
+        def one_peak() -> float:
+            reset_peak_rss()
+            func()
+            return float(peak_rss_bytes())
+
+        return Sampler(one_peak, 1, 0.0)
+
+    if bench.kind == "track":
+        warmup_s = 0.0
+        if budget.warmup_time > 0:  # one discarded call: first calls pay for allocation, caches, JIT
+            start = time.perf_counter()
+            func()
+            warmup_s = time.perf_counter() - start
+
+        def one_value() -> float:
+            value = func()
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TypeError(f"track benchmark returned {value!r}; it must return a finite number")
+            return float(value)
+
+        return Sampler(one_value, 1, warmup_s)
+
+    raise ValueError(f"unknown benchmark kind {bench.kind!r}")
+
+
+def measure(bench: Benchmark, func: Callable[[], Any], budget: Budget) -> dict[str, Any]:
+    """Raw samples of one benchmark, within its budget."""
+    sampler = prepare(bench, func, budget)
+    if sampler.max_samples is not None:
+        cap = sampler.max_samples
+        budget = replace(budget, min_repeat=min(budget.min_repeat, cap), max_repeat=min(budget.max_repeat, cap))
+    return {"samples": sample_loop(sampler.take, budget), "number": sampler.number, "warmup_s": sampler.warmup_s}
+
+
+def one_line_error(exc: BaseException, file: str) -> str:
+    """``Type: message (suite.py:LINE)``, naming the deepest line in the suite file."""
+    where = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code.co_filename == file:
+            where = f" ({Path(file).name}:{line})"
+    message = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {message}{where}"
+
+
+def failed(exc: BaseException, bench: Benchmark, stage: str = "") -> dict[str, Any]:
+    """The failure payload: a one-line error (prefixed by the stage, e.g. ``setup: ``) and the traceback."""
+    return {"status": "failed", "error": stage + one_line_error(exc, bench.file),
+            "traceback": "".join(traceback.format_exception(exc))}
+
+
+def skipped(exc: NotImplementedError, default: str) -> dict[str, Any]:
+    """asv's way to skip a parameter combination: raise NotImplementedError."""
+    return {"status": "skipped", "error": str(exc) or default}
+
+
+@dataclass(frozen=True)
+class LoadedBenchmark:
+    """A benchmark imported and set up: ``call`` runs it once, ``teardown`` (if any) undoes setup."""
+
+    bench: Benchmark
+    call: Callable[[], Any]
+    teardown: Callable[[], Any] | None
+
+
+def load_benchmark(bench: Benchmark) -> LoadedBenchmark | dict[str, Any]:
+    """Import the suite and run ``setup``; a failure payload instead when either fails."""
+    try:
+        module = import_suite(Path(bench.file), bench.module)
+        owner, values, func = resolve_target(module, bench.qualname, bench.param_index)
+    except (SuiteLoadError, AttributeError, IndexError) as exc:
+        return {"status": "failed", "error": str(exc), "traceback": "".join(traceback.format_exception(exc))}
+
+    setup = lookup_attr("setup", func, owner)
+    teardown = lookup_attr("teardown", func, owner)
+    try:
+        if setup is not None:
+            setup(*values)
+    except NotImplementedError as exc:
+        return skipped(exc, "skipped by setup (NotImplementedError)")
+    except BaseException as exc:
+        return failed(exc, bench, "setup: ")
+    return LoadedBenchmark(bench, lambda: func(*values), (lambda: teardown(*values)) if teardown else None)
+
+
+def unload_benchmark(loaded: LoadedBenchmark) -> dict[str, Any] | None:
+    """Run ``teardown``; a failure payload when it raises."""
+    if loaded.teardown is None:
+        return None
+    try:
+        loaded.teardown()
+    except Exception as exc:
+        return failed(exc, loaded.bench, "teardown: ")
+    return None
+
+
+def run_benchmark(bench: Benchmark, budget: Budget) -> dict[str, Any]:
+    """Set up, measure and tear down one benchmark; never raises."""
+    loaded = load_benchmark(bench)
+    if not isinstance(loaded, LoadedBenchmark):
+        return loaded
+    try:
+        result = measure(bench, loaded.call, budget.for_benchmark(bench))
+        result["status"] = "ok"
+    except NotImplementedError as exc:
+        result = skipped(exc, "skipped (NotImplementedError)")
+    except BaseException as exc:
+        result = failed(exc, bench)
+    return unload_benchmark(loaded) or result
+
+
+def discover_payload(paths: list[Path]) -> dict[str, Any]:
+    """The benchmarks under ``paths`` as dicts, or the import error."""
+    try:
+        return {"benchmarks": [b.to_dict() for b in discover(paths)]}
+    except SuiteLoadError as exc:
+        return {"error": str(exc)}
+
+
+class ServedBenchmark:
+    """The one benchmark a serve-mode worker holds open between requests."""
+
+    def __init__(self) -> None:
+        self.loaded: LoadedBenchmark | None = None
+        self.sampler: Sampler | None = None
+
+    def open(self, request: dict[str, Any]) -> dict[str, Any]:
+        bench = Benchmark.from_dict(request["benchmark"])
+        loaded = load_benchmark(bench)
+        if not isinstance(loaded, LoadedBenchmark):
+            return loaded
+        self.loaded = loaded
+        try:
+            self.sampler = prepare(bench, loaded.call, Budget(**request["budget"]), request.get("number"))
+        except NotImplementedError as exc:
+            return skipped(exc, "skipped (NotImplementedError)")
+        except BaseException as exc:
+            return failed(exc, bench)
+        s = self.sampler
+        return {"status": "ok", "number": s.number, "warmup_s": s.warmup_s, "max_samples": s.max_samples}
+
+    def sample(self) -> dict[str, Any]:
+        if self.loaded is None or self.sampler is None:
+            return {"status": "failed", "error": "no benchmark open: send a successful 'open' first"}
+        try:
+            return {"status": "ok", "sample": self.sampler.take()}
+        except NotImplementedError as exc:
+            return skipped(exc, "skipped (NotImplementedError)")
+        except BaseException as exc:
+            return failed(exc, self.loaded.bench)
+
+    def close(self) -> dict[str, Any]:
+        loaded, self.loaded, self.sampler = self.loaded, None, None
+        return (unload_benchmark(loaded) if loaded else None) or {"status": "ok"}
+
+
+def serve(requests: IO[str], replies: IO[str]) -> None:
+    """Answer JSON-line requests (module doc) until ``close`` or the end of input."""
+
+    def reply(payload: dict[str, Any]) -> None:
+        replies.write(json.dumps(payload) + "\n")
+        replies.flush()
+
+    reply({"serve": SERVE_PROTOCOL})
+    served = ServedBenchmark()
+    try:
+        for line in requests:
+            request = json.loads(line)
+            op = request.get("op")
+            if op == "discover":
+                reply(discover_payload([Path(p) for p in request["paths"]]))
+            elif op == "open":
+                reply(served.open(request))
+            elif op == "sample":
+                reply(served.sample())
+            elif op == "close":
+                reply(served.close())
+                return
+            else:
+                reply({"status": "failed", "error": f"unknown serve request {op!r}"})
+    finally:
+        served.close()  # end of input without "close": still tear down
+
+
+def serve_stdio() -> None:
+    """Serve on this process's stdin/stdout, with fd 0 and 1 taken away from the benchmark:
+    what it prints goes to stderr and cannot corrupt the protocol."""
+    requests = os.fdopen(os.dup(0), "r")
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(2, 1)
+    serve(requests, replies)
+
+
+def main(argv: list[str]) -> int:
+    mode = argv[0] if argv else ""
+    if mode == "serve":
+        serve_stdio()
+        return 0
+    if mode == "discover":
+        out, payload = Path(argv[1]), discover_payload([Path(p) for p in argv[2:]])
+    elif mode == "run":
+        spec, out = json.loads(Path(argv[1]).read_text()), Path(argv[2])
+        payload = run_benchmark(Benchmark.from_dict(spec["benchmark"]), Budget(**spec["budget"]))
+    else:
+        print(f"unknown worker mode {mode!r}", file=sys.stderr)
+        return 2
+    out.write_text(json.dumps(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,38 @@
+"""matplotlib figures for the reports: object API (``Figure`` with the Agg renderer, no
+pyplot state), imported only when something is drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from perfwatch.pages import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure as MplFigure
+
+
+FIGURE_DPI = 100
+
+
+def new_figure(width: float, height: float) -> MplFigure:
+    import matplotlib.figure  # loads only to draw
+
+    return matplotlib.figure.Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
+
+
+def save_figure(fig: MplFigure, out: Path, name: str, caption: str) -> Figure:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    (out / name).write_bytes(buffer.getvalue())
+    return Figure(name, caption, buffer.getvalue())
+
+
+def percent_axis(axis: Axis) -> None:
+    """Ratios 0..1 on ``axis`` read as percentages."""
+    from matplotlib.ticker import PercentFormatter
+
+    axis.set_major_formatter(PercentFormatter(1.0))

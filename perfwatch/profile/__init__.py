@@ -1,0 +1,1 @@
+"""Bottleneck profiling of an unmodified training command: sampling, attribution, diagnosis, the report."""

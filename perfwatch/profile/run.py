@@ -1,0 +1,364 @@
+"""``perfwatch profile``: run an unmodified training command under the Collector and py-spy, and diagnose it.
+
+Nothing in the command changes. While it runs:
+
+* the Collector samples the host and the command's process tree (DataLoader workers
+  are role ``worker``) every 0.2 s;
+* ``py-spy record --idle --subprocesses`` samples every thread of every Python process
+  in the tree at ``rate`` Hz, *including threads that are blocked*. That makes each
+  thread's samples a uniform clock: a phase's share of the training thread's samples
+  is its share of wall time. ``--gil`` would keep only the samples of the thread that
+  holds the GIL, and a training thread blocked on the DataLoader queue or on a file
+  read releases the GIL: the very waits we look for would vanish. So ``--gil`` runs as a
+  second, cheaper pass over the launched process (``rate / 10``, one thread per sample):
+  the share of a phase's wall time in which the training thread held the GIL tells
+  CPU-bound Python work (transforms: GIL held) from blocking (storage, queues: GIL
+  released), and other threads holding it shows GIL contention. (When the training
+  runs in a child of the launched process, e.g. under ``bash run.sh``, there is no
+  GIL evidence.)
+
+Both passes run ``--nonblocking``: py-spy reads the stacks without stopping the process.
+Stopping it (py-spy's default) cost the zoo's transform-bound loop 13% at 100 Hz, not
+stopping it 3%; the price is an occasional torn stack, which moves a sample or two
+between phases and does not bias the shares.
+
+The training thread is the main interpreter thread (thread id = process id) of the
+process whose stacks show the training step (forward/backward/optimizer frames): the
+launched process itself for ``python train.py``, a child for ``bash run.sh``. Its
+samples are attributed to phases by ``FRAME_RULES`` (outermost matching frame wins, so
+a Module used as a transform inside a Dataset counts as data loading) and, for the
+innermost line when it calls a C function py-spy cannot see (``.item()``, ``.to()``),
+by ``LINE_RULES`` on its source line. Interpreter start-up and imports are left out.
+
+Where the script already times its loop with a StepTimer, its exact phase totals win:
+``perfwatch profile`` sets ``PERFWATCH_PROFILE_DIR`` and ``publish_timer`` (called by
+the StepTimer when that variable is set) writes ``summary()`` there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from perfwatch.env import fingerprint
+from perfwatch.errors import UserError
+from perfwatch.profile.channel import PROFILE_DIR_ENV
+from perfwatch.launch import ForwardedSignals, exit_code, launch
+from perfwatch.monitoring.collector import Collector
+from perfwatch.pages import prepare_out_dir
+from perfwatch.profile import diagnose as dx
+from perfwatch.profile.attribution import attribute
+from perfwatch.profile.channel import read_timer_summaries
+from perfwatch.profile.page import write_report
+from perfwatch.profile.pyspy import DEFAULT_RATE, STOP_GRACE_S, PySpyRecorder, may_trace
+from perfwatch.profile.rows import busy_threads, collector_row, intra_op_threads, thread_cpu
+from perfwatch.profile.torch_hook import TORCH_PROFILER_DEFAULT_S, install_hook
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT_VERSION = 1
+GIL_RATE_DIVISOR = 10
+COLLECTOR_INTERVAL_S = 0.2
+PYSPY_EXIT_WAIT_S = 5.0  # py-spy notices the command's exit within a sample; then it writes its file
+PYSPY_ATTACH_RETRIES = 3  # the interpreter may not be up yet right after exec
+TORCH_PROFILE_WAIT_S = 60.0  # after --duration, how long the report waits for the command's torch profile
+
+
+# ---------------------------------------------------------------- StepTimer channel
+
+
+# ---------------------------------------------------------------- py-spy's collapsed stacks
+
+
+# ---------------------------------------------------------------- attribution
+
+
+# ---------------------------------------------------------------- the Collector's rows
+
+
+# ---------------------------------------------------------------- running the command
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """How ``run_profile`` samples. ``out`` None: reports/profile-<local time>. ``duration``
+    None: until the command exits; after ``duration`` the command keeps running
+    (``keep_running``) or is stopped."""
+
+    out: Path | None = None
+    duration: float | None = None
+    keep_running: bool = True
+    pyspy: bool = True
+    rate: int = DEFAULT_RATE
+    torch_profiler: bool = False
+    interval: float = COLLECTOR_INTERVAL_S
+    stop_grace: float = STOP_GRACE_S
+
+    @property
+    def gil_rate(self) -> int:
+        return max(1, self.rate // GIL_RATE_DIVISOR)
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    report: dict[str, Any]
+    out: Path
+    exit_code: int
+
+
+def check_command(command: Sequence[str]) -> None:
+    """UserError unless ``command`` names an executable (checked before anything starts)."""
+    if not command:
+        raise UserError("no command to profile; usage: perfwatch profile [OPTIONS] -- python train.py ...")
+    if shutil.which(command[0]) is None:
+        raise UserError(f"command not found: {command[0]}")
+
+
+def _stop_command(child: subprocess.Popen, grace: float, say: Callable[[str], None]) -> None:
+    """SIGINT (a clean KeyboardInterrupt), then SIGTERM, then SIGKILL, ``grace`` s apart."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if child.poll() is not None:
+            return
+        if signum != signal.SIGINT:
+            say(f"the command did not stop within {grace:g} s; sending {signal.Signals(signum).name}")
+        child.send_signal(signum)
+        try:
+            child.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _command_env(out: Path, options: ProfileOptions) -> dict[str, str]:
+    """The command's environment: where StepTimers publish, and the torch.profiler hook if asked."""
+    timers = out / "steptimer"
+    timers.mkdir(exist_ok=True)
+    env = {**os.environ, PROFILE_DIR_ENV: str(timers)}
+    if options.torch_profiler:
+        install_hook(out / ".hooks", env, options.duration or TORCH_PROFILER_DEFAULT_S)
+    return env
+
+
+class Sampler:
+    """What ``perfwatch profile`` runs beside a process: the Collector and the two py-spy passes.
+
+    Call ``poll()`` every ~0.2 s (it moves new snapshots into ``rows`` and re-reads the
+    process's per-thread CPU once a second) and ``stop()`` at the end, after which py-spy
+    has written its files. ``pyspy`` is the py-spy executable, None for none.
+    """
+
+    def __init__(self, pid: int, out: Path, options: ProfileOptions, pyspy: str | None) -> None:
+        self.pid = pid
+        self.rows: list[dict[str, Any]] = []
+        self.thread_cpu: dict[int, float] = {}  # CPU seconds of each thread of ``pid``
+        self.seconds = 0.0
+        self.started = time.monotonic()
+        self._collector = Collector(pid, interval=options.interval, history=max(64, int(5 / options.interval)))
+        self._collector.start()
+        self.wall = self.gil = None
+        if pyspy:
+            self.wall = PySpyRecorder(pyspy, pid, out / "pyspy-wall.txt", options.rate, ["--idle", "--subprocesses"])
+            self.gil = PySpyRecorder(pyspy, pid, out / "pyspy-gil.txt", options.gil_rate, ["--gil"])
+        self._last_seq = 0
+        self._next_threads = self.started
+
+    def poll(self) -> None:
+        for snapshot in self._collector.history():
+            if snapshot.seq > self._last_seq and snapshot.tree is not None and snapshot.tree.alive:
+                self.rows.append(collector_row(snapshot))
+            self._last_seq = max(self._last_seq, snapshot.seq)
+        now = time.monotonic()
+        if now >= self._next_threads:
+            self.thread_cpu = thread_cpu(self.pid) or self.thread_cpu
+            self._next_threads = now + 1.0
+
+    def stop(self, pyspy_wait: float) -> None:
+        """Stop sampling; py-spy gets ``pyspy_wait`` s to finish by itself (it does once the process exits)."""
+        self._collector.stop()
+        self.seconds = time.monotonic() - self.started
+        for recorder in (self.wall, self.gil):
+            if recorder is not None:
+                recorder.stop(pyspy_wait)
+
+
+def _sample(child: subprocess.Popen, out: Path, options: ProfileOptions, pyspy: str | None,
+            say: Callable[[str], None]) -> tuple[Sampler, str, str]:
+    """Sample ``child`` until it exits or ``options.duration`` passes: (the stopped sampler,
+    "exited" or "duration", py-spy's status)."""
+    sampler = Sampler(child.pid, out, options, pyspy)
+    status = "ok" if pyspy else ("not installed" if options.pyspy else "disabled")
+    reason = "exited"
+    try:
+        while True:
+            sampler.poll()
+            if child.poll() is not None:
+                break
+            if options.duration is not None and time.monotonic() - sampler.started >= options.duration:
+                reason = "duration"
+                break
+            if sampler.wall is not None and status == "ok" and sampler.wall.exited() and child.poll() is None:
+                status = _attach_failed(sampler.wall, sampler.gil, child, say)
+            time.sleep(min(options.interval, 0.2))
+    finally:
+        sampler.stop(PYSPY_EXIT_WAIT_S if child.poll() is not None else 0)
+    return sampler, reason, status
+
+
+def run_profile(command: Sequence[str], options: ProfileOptions,
+                say: Callable[[str], None] = log.info) -> ProfileResult:
+    """Launch ``command`` (stdin, stdout and stderr pass through), profile it and write
+    ``report.json``, ``report.md`` and ``report.html`` (with figures) into ``options.out``.
+
+    Returns the report and the exit code: the command's own (128 + N when killed by
+    signal N), or 0 when perfwatch stopped it at ``duration``. UserError, before anything
+    starts, for a command that does not exist or an output directory that is not writable.
+    Call from the main thread (it forwards SIGINT/SIGTERM to the command).
+    """
+    check_command(command)
+    out = prepare_out_dir(Path(options.out or Path("reports") / time.strftime("profile-%Y%m%d-%H%M%S")))
+    pyspy = shutil.which("py-spy") if options.pyspy else None
+    if options.pyspy and pyspy is None:
+        say("py-spy is not installed (pip install py-spy); continuing with a collector-only diagnosis")
+    env = _command_env(out, options)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with ForwardedSignals() as signals:
+        signals.child = child = launch(command, env)
+        try:  # whatever fails in here, the command is the user's: it runs to its end
+            sampler, reason, pyspy_status = _sample(child, out, options, pyspy, say)
+            stopped = False
+            if reason == "duration":
+                if options.torch_profiler:
+                    _await(out / "torch-profile.json", child, TORCH_PROFILE_WAIT_S)
+                if options.keep_running:
+                    say(f"sampled {options.duration:g} s; writing the report while the command keeps running")
+                else:
+                    say(f"sampled {options.duration:g} s; stopping the command")
+                    _stop_command(child, options.stop_grace, say)
+                    stopped = True
+            _tidy(out)
+            report = build_report(command, created, sampler, reason, pyspy_status, options, env, out)
+            report["run"].update(exit_code=None if child.returncode is None else exit_code(child.returncode),
+                                 stopped_by_perfwatch=stopped)
+            write_report(report, out)
+            say(f"report: {out / 'report.html'}  (primary bottleneck: {report['bottleneck']['primary']}, "
+                f"confidence {report['bottleneck']['confidence']:.2f})")
+        finally:
+            code = exit_code(child.wait())
+    return ProfileResult(report, out, 0 if stopped else code)
+
+
+def _await(path: Path, child: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``path`` exists, the command exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _attach_failed(wall: PySpyRecorder, gil: PySpyRecorder | None, child: subprocess.Popen, say: Callable[[str], None]) -> str:
+    """py-spy exited while the command runs: give up at once when it may not trace the command,
+    else retry a few times (the interpreter may not be up yet). Returns the new py-spy status."""
+    permitted = may_trace(child.pid)
+    if permitted and wall.attempts < PYSPY_ATTACH_RETRIES:
+        time.sleep(0.5)
+        wall.start()
+        if gil is not None and gil.exited():
+            gil.start()
+        return "ok"
+    if gil is not None:
+        gil.stop(0)
+    if not permitted:
+        say(f"py-spy cannot attach to pid {child.pid}: permission denied (ptrace needs the same user and a "
+            "dumpable process, or CAP_SYS_PTRACE; see kernel.yama.ptrace_scope); continuing with a "
+            "collector-only diagnosis")
+        return "permission denied"
+    say(f"py-spy stopped: {wall.error() or 'no reason given'}; continuing with a collector-only diagnosis")
+    return "failed: " + (wall.error() or "unknown")
+
+
+def build_report(command: Sequence[str], created: str, sampler: Sampler, reason: str, pyspy_status: str,
+                 options: ProfileOptions, env: dict[str, str], out: Path) -> dict[str, Any]:
+    """Gather what was measured into ``Measurements``, diagnose, and assemble the report document."""
+    launched_pid = sampler.pid
+    try:
+        cores = len(os.sched_getaffinity(launched_pid))
+    except OSError:
+        cores = os.cpu_count() or 1
+    attribution = None
+    if sampler.wall is not None and pyspy_status == "ok":
+        attribution = attribute(sampler.wall.stacks(), sampler.gil.stacks() if sampler.gil else [],
+                                launched_pid, options.rate, options.gil_rate)
+        if attribution is None:
+            pyspy_status = "no samples of a Python main thread"
+    training_pid = attribution.training_pid if attribution else launched_pid
+    timer = read_timer_summaries(out / "steptimer", training_pid) if (out / "steptimer").is_dir() else None
+    busy = busy_threads(sampler.thread_cpu, sampler.seconds) if training_pid == launched_pid else None
+    threads, threads_source = intra_op_threads(env, busy)
+    rows = sampler.rows
+    resources = dx.summarize(rows, cores)
+    measurements = dx.Measurements(
+        resources=resources, stacks=attribution.evidence if attribution else None, steptimer=timer,
+        intra_op_threads=threads, intra_op_threads_source=threads_source,
+        uses_gpu=any(row.get("gpu_process_memory") for row in rows),
+    )
+    diagnosis = dx.diagnose(measurements)
+    with open(out / "collector.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    torch_profile = _read_json(out / "torch-profile.json")
+    return {
+        "format_version": REPORT_FORMAT_VERSION,
+        "kind": "perfwatch-profile",
+        "created": created,
+        "command": list(command),
+        "run": {"seconds": round(sampler.seconds, 3), "ended_by": reason, "launched_pid": launched_pid,
+                "training_pid": training_pid},
+        **diagnosis,
+        "measurements": {"resources": asdict(resources), "intra_op_threads": threads,
+                         "intra_op_threads_source": threads_source,
+                         "stacks": asdict(attribution.evidence) if attribution else None},
+        "pyspy": {
+            "status": pyspy_status, "rate": options.rate, "gil_rate": options.gil_rate,
+            "flags": "record --nonblocking --threads, with --idle --subprocesses (wall) and with --gil (GIL)",
+            "samples_total": attribution.samples_total if attribution else 0,
+            "training_thread_samples": (attribution.evidence.total + attribution.evidence.startup) if attribution else 0,
+            "worker_pids": list(attribution.worker_pids) if attribution else [],
+            "python_threads": attribution.python_threads if attribution else None,
+            "top_functions": attribution.top_functions if attribution else [],
+            "worker_top_functions": attribution.worker_top_functions if attribution else [],
+        },
+        "steptimer": timer,
+        "torch_profiler": torch_profile,
+        "env": fingerprint(),
+        "artifacts": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
+    }
+
+
+def _tidy(out: Path) -> None:
+    """Remove what the reader does not need: the hook, empty py-spy logs, an empty steptimer/."""
+    shutil.rmtree(out / ".hooks", ignore_errors=True)
+    for log_file in out.glob("pyspy-*.log"):
+        if log_file.stat().st_size == 0:
+            log_file.unlink()
+    timers = out / "steptimer"
+    if timers.is_dir() and not any(timers.iterdir()):
+        timers.rmdir()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- report.json, report.md, report.html
+
+

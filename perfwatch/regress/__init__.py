@@ -1,0 +1,1 @@
+"""Regression detection: verdicts, baselines, change points over history, CI reports and alerts."""
