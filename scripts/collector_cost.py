@@ -9,7 +9,7 @@ Collector: CPU of the sampler thread per sample (``Snapshot.sample_cpu_seconds``
 from ``time.thread_time``). node_exporter: CPU of its whole process per scrape, read
 from its process CPU clock (``clock_getcpuclockid``, nanoseconds) around each request;
 "all-in" adds what it spends between scrapes (Go runtime, GC). The collector's number
-excludes exposition (exporter.py formats text later); node_exporter's includes it.
+excludes exposition (monitoring/metrics.py formats text later); node_exporter's includes it.
 
     python scripts/collector_cost.py [--samples 120] [--interval 0.25] [--workers 4]
 """

@@ -2,8 +2,8 @@
 
 py-spy writes SVG flame graphs only while recording (``--format flamegraph``), and perfwatch
 records the ``raw`` collapsed format it also attributes to phases; no installed package
-renders collapsed stacks, so this draws them: frames coloured by the phase profile.py
-gives them.
+renders collapsed stacks, so this draws them: frames coloured by the phase
+attribution.py gives them.
 """
 
 from __future__ import annotations

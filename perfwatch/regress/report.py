@@ -1,9 +1,8 @@
-"""HTML and Markdown reports with matplotlib figures, for a ``perfwatch profile`` and for a stored benchmark run.
+"""``perfwatch report RUN``: the HTML and Markdown report of a stored benchmark run.
 
-The figures and the content of each report; pages.py renders them as ``report.md`` and a
-self-contained ``report.html``, flamegraph.py draws the flame graph. Figures use
-matplotlib's object API (``Figure`` with the Agg renderer, no pyplot state), imported only
-when a report is drawn.
+Its figures (sample distributions, each metric against each numeric parameter, the
+comparison with the baseline) and its document; pages.py renders them as ``report.md`` and
+a self-contained ``report.html``. The profile report is profile/page.py's.
 """
 
 from __future__ import annotations
