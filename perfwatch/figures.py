@@ -4,9 +4,11 @@ pyplot state), imported only when something is drawn.
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from perfwatch.pages import Figure
 
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.figure import Figure as MplFigure
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
 FIGURE_DPI = 100
 
@@ -36,3 +40,17 @@ def percent_axis(axis: Axis) -> None:
     from matplotlib.ticker import PercentFormatter
 
     axis.set_major_formatter(PercentFormatter(1.0))
+
+
+def plain_text(draw: Callable[P, R]) -> Callable[P, R]:
+    """Draw with ``$`` taken literally: matplotlib reads text between two ``$`` as mathtext,
+    and a benchmark or function name holding them would fail to parse (or draw as math)."""
+
+    @functools.wraps(draw)
+    def drawing(*args: P.args, **kwargs: P.kwargs) -> R:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawing

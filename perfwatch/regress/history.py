@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 from perfwatch import stats
 from perfwatch.errors import UserError
+from perfwatch.figures import plain_text
+from perfwatch.paths import safe_name
 from perfwatch.regress import detect
 from perfwatch.results import RunRecord
 from perfwatch.thresholds import Thresholds, parse_thresholds
@@ -179,9 +180,10 @@ def to_json(history: History, plot_path: Path | None = None) -> dict[str, Any]:
 
 def plot_name(benchmark: str) -> str:
     """A file name for a benchmark: its characters outside [A-Za-z0-9._-] become underscores."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", benchmark).strip("_") + ".png"
+    return safe_name(benchmark) + ".png"
 
 
+@plain_text
 def plot(history: History, directory: Path) -> Path:
     """A PNG of per-run medians with interquartile bars, the steps and each segment's median."""
     from matplotlib.figure import Figure

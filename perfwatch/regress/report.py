@@ -8,15 +8,15 @@ a self-contained ``report.html``. The profile report is profile/page.py's.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfwatch import stats
 from perfwatch.display import env_line, format_value
-from perfwatch.figures import new_figure, percent_axis, save_figure
+from perfwatch.figures import new_figure, percent_axis, plain_text, save_figure
 from perfwatch.pages import Block, Document, Figure, Heading, Table, Text, prepare_out_dir, write_pages
+from perfwatch.paths import safe_name
 from perfwatch.regress.baseline import DEFAULT_BASELINE, load_baseline
 from perfwatch.regress.ci_report import change_text, median_text, p_text, summary_line
 from perfwatch.regress.compare import Comparison, Verdict, compare_runs, machine_differences
@@ -49,7 +49,7 @@ def find_baseline(path: Path | None, default: Path = DEFAULT_BASELINE) -> tuple[
 
 
 def default_out(run: RunRecord) -> Path:
-    return Path("reports") / f"run-{run.run_id}"
+    return Path("reports") / f"run-{safe_name(run.run_id)}"
 
 
 def _family(name: str) -> str:
@@ -58,10 +58,6 @@ def _family(name: str) -> str:
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
 
 
 def _benchmark_table(run: RunRecord) -> Table:
@@ -134,7 +130,8 @@ def _parameter_figures(measured: list[BenchResult], out: Path) -> list[Figure]:
             if len(series) > 1:
                 ax.legend(fontsize=7)
         fig.suptitle(family, fontsize=10)
-        figures.append(save_figure(fig, out, f"params-{_slug(family)}.png",
+        name = safe_name(family.replace(".", "-").replace("_", "-"), "-")
+        figures.append(save_figure(fig, out, f"params-{name}.png",
                              f"{family}: median (quartiles as error bars) against {', '.join(swept)}"))
     return figures
 
@@ -193,6 +190,7 @@ def run_document(run: RunRecord, figures: Sequence[Figure], comparison: Comparis
     return Document(f"perfwatch run {run.run_id}", blocks)
 
 
+@plain_text
 def write_run_report(run: RunRecord, out: Path, baseline: tuple[RunRecord, Path] | None = None,
                      thresholds: Thresholds | None = None) -> Path:
     """``report.html``, ``report.md`` and figures for a stored benchmark run in ``out``, compared
