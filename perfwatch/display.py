@@ -40,7 +40,7 @@ STATUS_STYLE = {"ok": "green", "failed": "bold red", "timeout": "bold red", "ski
 
 def results_table(run: RunRecord) -> Table:
     """One row per benchmark: status, median, spread (IQR/median), samples, or the error."""
-    table = Table(title=f"run {run.run_id} · suite {run.suite or '?'}", title_justify="left")
+    table = Table(title=escape(f"run {run.run_id} · suite {run.suite or '?'}"), title_justify="left")
     table.add_column("benchmark", overflow="fold")
     table.add_column("status")
     table.add_column("median", justify="right")
@@ -50,10 +50,11 @@ def results_table(run: RunRecord) -> Table:
         style = STATUS_STYLE.get(b.status, "")
         arrow = " ↑" if b.higher_is_better else ""
         if b.samples:
-            table.add_row(escape(b.name), f"[{style}]{b.status}[/]", format_value(stats.median(b.samples), b.unit) + arrow,
+            table.add_row(escape(b.name), f"[{style}]{escape(b.status)}[/]",
+                          escape(format_value(stats.median(b.samples), b.unit)) + arrow,
                           format_spread(b.samples), str(len(b.samples)))
         else:
-            table.add_row(escape(b.name), f"[{style}]{b.status}[/]", f"[{style}]{escape(b.error or '')}[/]", "", "0")
+            table.add_row(escape(b.name), f"[{style}]{escape(b.status)}[/]", f"[{style}]{escape(b.error or '')}[/]", "", "0")
     return table
 
 

@@ -96,7 +96,7 @@ def list_benchmarks(ctx: click.Context, paths: tuple[Path, ...], size: str | Non
         table.add_column(column, overflow="fold")
     for b in benchmarks:
         unit = b.unit + (" ↑" if b.higher_is_better else "")
-        table.add_row(b.name, b.kind, unit, ",".join(s for s in SIZES if s in b.sizes))
+        table.add_row(escape(b.name), b.kind, escape(unit), ",".join(s for s in SIZES if s in b.sizes))
     out.print(table)
     out.print(f"{len(benchmarks)} benchmarks")
 
@@ -122,11 +122,11 @@ def show(ctx: click.Context, run_ref: str | None, as_json: bool, results_dir: Pa
 def runs(ctx: click.Context, results_dir: Path | None) -> None:
     """List the stored runs, oldest first."""
     store = store_of(ctx, results_dir)
-    table = Table(title=str(store.root), title_justify="left")
+    table = Table(title=escape(str(store.root)), title_justify="left")
     for column in ("run", "created", "suite", "commit", "benchmarks", "failed"):
         table.add_column(column)
     for record in store.runs():
         commit = (record.env.get("git_commit") or "-")[:10] + ("+dirty" if record.env.get("git_dirty") else "")
-        table.add_row(record.run_id, record.created, record.suite, commit,
+        table.add_row(escape(record.run_id), escape(record.created), escape(record.suite or "?"), escape(commit),
                       str(len(record.benchmarks)), str(len(record.failed)))
     out.print(table)

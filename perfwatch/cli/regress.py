@@ -59,7 +59,8 @@ def warn(text: str) -> None:
 def verdicts_table(comparison: Comparison) -> Table:
     """One row per benchmark: medians, direction-normalised change with its CI, p, verdict and why."""
     mode = "paired" if comparison.paired else "unpaired"
-    table = Table(title=f"baseline {comparison.baseline.run_id} → candidate {comparison.candidate.run_id} · {mode}",
+    title = f"baseline {comparison.baseline.run_id} → candidate {comparison.candidate.run_id} · {mode}"
+    table = Table(title=escape(title),
                   title_justify="left", caption=escape("change: + is worse, [confidence interval]"),
                   caption_justify="left")
     table.add_column("benchmark", overflow="fold")
@@ -71,8 +72,8 @@ def verdicts_table(comparison: Comparison) -> Table:
     table.add_column("reason", overflow="fold")
     for v in comparison.verdicts:
         style = VERDICT_STYLE[v.verdict]
-        table.add_row(escape(v.name), ci_report.median_text(v.baseline_median, v),
-                      ci_report.median_text(v.candidate_median, v), ci_report.change_text(v), ci_report.p_text(v),
+        table.add_row(escape(v.name), escape(ci_report.median_text(v.baseline_median, v)),
+                      escape(ci_report.median_text(v.candidate_median, v)), ci_report.change_text(v), ci_report.p_text(v),
                       f"[{style}]{v.verdict}[/]" if style else v.verdict, escape(v.reason))
     return table
 
