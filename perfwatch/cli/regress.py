@@ -23,6 +23,7 @@ from perfwatch.regress.baseline import DEFAULT_BASELINE, describe_run, load_base
 from perfwatch.regress.compare import Comparison, compare_against, machine_differences, mismatch_error
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.thresholds import ThresholdError, Thresholds, parse_thresholds
+from perfwatch.urls import redact
 
 VERDICT_STYLE = {"regressed": "bold red", "improved": "green", "unchanged": "", "too-noisy": "yellow",
                  "new": "cyan", "missing": "magenta", "failed": "bold red", "insufficient": "yellow"}
@@ -197,7 +198,7 @@ def compare(ctx: click.Context, baseline_ref: str | None, candidate_ref: str | N
 def url_option(name: str, what: str):
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value is not None and not value.startswith(URL_SCHEMES):
-            raise click.BadParameter(f"{value!r} must be an http:// or https:// URL")
+            raise click.BadParameter(f"{redact(value)!r} must be an http:// or https:// URL")
         return value
 
     return click.option(f"--{name}", metavar="URL", envvar=f"PERFWATCH_{name.upper()}", show_envvar=True,

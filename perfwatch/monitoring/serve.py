@@ -10,12 +10,15 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
+from functools import partial
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway, start_http_server
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from perfwatch.errors import UserError
 from perfwatch.monitoring.metrics import PerfwatchMetrics
+from perfwatch.urls import redact, scrub, split_credentials
 
 PUSH_INTERVAL_S = 15.0  # Prometheus's default scrape interval
 
@@ -77,16 +80,20 @@ class MetricsServer:
 
 
 def _check_gateway(url: str) -> None:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"Pushgateway URL {url!r} is not http(s)://host[:port]")
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+    except ValueError:  # an unclosed [IPv6 address
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"Pushgateway URL {redact(url)!r} is not http(s)://host[:port]")
 
 
 class Pusher:
     """Pushes ``registry`` to a Pushgateway every ``interval`` seconds from a daemon thread, and on ``close()``.
 
     A gateway that cannot be reached costs one warning per run of failures (and an
-    info line when it works again), never an exception into the caller.
+    info line when it works again), never an exception into the caller. The URL's
+    user:password goes as HTTP Basic auth; ``gateway`` is the URL redacted, for messages.
     """
 
     def __init__(
@@ -100,7 +107,11 @@ class Pusher:
         timeout: float = PUSH_TIMEOUT_S,
     ) -> None:
         _check_gateway(gateway)
-        self.gateway = gateway
+        self.gateway = redact(gateway)
+        self._url, credentials = split_credentials(gateway)
+        self._handler = partial(basic_auth_handler, username=credentials[0], password=credentials[1]) \
+            if credentials else default_handler
+        self._given = gateway  # its secrets are what scrub() hides in an exception's text
         self._registry = registry
         self._job = job
         self._grouping_key = dict(grouping_key or {})
@@ -118,11 +129,13 @@ class Pusher:
     def push(self) -> bool:
         """One push now; False (logged once per failure run) when it failed."""
         try:
-            push_to_gateway(self.gateway, self._job, self._registry, self._grouping_key, timeout=self._timeout)
-        except Exception as exc:  # URLError, HTTPError (400 on conflicting labels), timeouts
+            push_to_gateway(self._url, self._job, self._registry, self._grouping_key, timeout=self._timeout,
+                            handler=self._handler)
+        except Exception as exc:  # URLError, HTTPError (400 on conflicting labels, 401), timeouts
             if not self._failing:
                 log.warning("perfwatch: cannot push metrics to %s (%s); retrying every %g s, "
-                            "no more warnings until a push succeeds", self.gateway, exc, self._interval)
+                            "no more warnings until a push succeeds", self.gateway,
+                            scrub(str(exc), self._given), self._interval)
             self._failing = True
             return False
         if self._failing:

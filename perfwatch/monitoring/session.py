@@ -143,6 +143,8 @@ def serve(
     exporter = Exporter(metrics, port=port, bind=bind, push=push,
                         grouping_key={"instance": socket.gethostname()}).start()
     say(f"serving metrics on {exporter.server.url}")
+    if exporter.pusher is not None:
+        say(f"pushing metrics to {exporter.pusher.gateway} every {PUSH_INTERVAL_S:g} s")
     try:
         with ForwardedSignals() as signals:
             if command:

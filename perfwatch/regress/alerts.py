@@ -4,11 +4,13 @@ The webhook and Alertmanager hear only about trouble (a confirmed regression or 
 benchmark); the Pushgateway gets every run, clean or not, so Prometheus keeps the history that the
 Grafana "Benchmarks" dashboard charts. A sink that cannot be reached never changes a verdict or a
 report: :func:`send_alerts` returns one :class:`Delivery` per configured sink and never raises for
-the network or the server's answer.
+the network or the server's answer. A sink URL's user:password goes as HTTP Basic auth, and a
+Delivery shows its URL redacted (perfwatch.urls): tokens and passwords never reach a CI log.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import urllib.error
@@ -16,14 +18,17 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from perfwatch import stats
 from perfwatch.config import AlertSinks
 from perfwatch.regress.compare import Verdict, compare_benchmark, summarize
 from perfwatch.results import RunRecord
+from perfwatch.urls import redact, scrub, split_credentials
 
 # Alertmanager resolves an alert at endsAt unless it is sent again. A CI run is a one-off event
 # with no follow-up to resolve it, so the alert lasts a day: until the next nightly run re-sends
@@ -46,10 +51,11 @@ OTHER_MEDIAN_METRIC = "perfwatch_benchmark_median"
 
 @dataclass(frozen=True)
 class Delivery:
-    """What became of one sink: ``ok`` False means it did not get the alert; ``detail`` says why."""
+    """What became of one sink: ``ok`` False means it did not get the alert; ``detail`` says why.
+    Both may be printed: neither holds a secret of the URL."""
 
     sink: str  # "webhook" | "alertmanager" | "pushgateway"
-    target: str
+    target: str  # the URL, redacted
     ok: bool
     detail: str
 
@@ -193,38 +199,47 @@ def _send_if_alerting(
     sink: str, url: str, rows: Sequence[Verdict], payload: Callable[[], Any], timeout: float
 ) -> Delivery:
     if not rows:
-        return Delivery(sink, url, True, "nothing sent: no regression and no failed benchmark")
+        return Delivery(sink, redact(url), True, "nothing sent: no regression and no failed benchmark")
     return _post_json(sink, url, payload(), timeout)
 
 
 def _post_json(sink: str, url: str, payload: Any, timeout: float) -> Delivery:
     try:
-        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+        bare, credentials = split_credentials(url)
+        request = urllib.request.Request(bare, data=json.dumps(payload).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
+        if credentials:  # unredirected: a redirect to another host does not get the password
+            request.add_unredirected_header("Authorization", _basic_auth(*credentials))
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Delivery(sink, url, True, f"sent (HTTP {response.status})")
+            return Delivery(sink, redact(url), True, f"sent (HTTP {response.status})")
     except urllib.error.HTTPError as exc:
-        return Delivery(sink, url, False, _refused(sink, url, exc))
+        return Delivery(sink, redact(url), False, _refused(sink, url, exc))
     except (OSError, ValueError) as exc:
-        return Delivery(sink, url, False, _unreachable(sink, url, exc, timeout))
+        return Delivery(sink, redact(url), False, _unreachable(sink, url, exc, timeout))
+
+
+def _basic_auth(user: str, password: str) -> str:
+    """An Authorization header's value, UTF-8 as RFC 7617 and prometheus_client's basic_auth_handler write it."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _refused(sink: str, url: str, exc: urllib.error.HTTPError) -> str:
     """One line for an HTTP error answer, with the start of its body (servers say why there)."""
-    answer = " ".join(exc.read().decode(errors="replace").split())[:200]
-    return (f"{url} answered HTTP {exc.code} {exc.reason}" + (f": {answer}" if answer else "")
+    answer = scrub(" ".join(exc.read().decode(errors="replace").split()), url)[:200]
+    return (f"{redact(url)} answered HTTP {exc.code} {exc.reason}" + (f": {answer}" if answer else "")
             + f"; check the {sink} URL and its log")
 
 
 def _unreachable(sink: str, url: str, exc: BaseException, timeout: float) -> str:
     """One line for a request that got no HTTP answer: refused, unresolvable, timed out, bad URL."""
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    shown = redact(url)
     if isinstance(reason, TimeoutError):
-        return f"{url}: no answer within {timeout:g} s; check that the {sink} is up and reachable from here"
+        return f"{shown}: no answer within {timeout:g} s; check that the {sink} is up and reachable from here"
     if isinstance(exc, ValueError):
-        return f"{url}: not a usable URL ({exc}); give the {sink} as http://host:port"
+        return f"{shown}: not a usable URL ({scrub(str(exc), url)}); give the {sink} as http://host:port"
     why = getattr(reason, "strerror", None) or str(reason)
-    return f"cannot reach {url}: {why}; check that the {sink} runs and the URL is right"
+    return f"cannot reach {shown}: {scrub(why, url)}; check that the {sink} runs and the URL is right"
 
 
 def benchmark_registry(run: RunRecord, verdicts: Sequence[Verdict]) -> CollectorRegistry:
@@ -283,10 +298,13 @@ def push_run(gateway: str, run: RunRecord, verdicts: Sequence[Verdict], timeout:
     key = push_grouping_key(run)
     group = ", ".join(f"{k}={v}" for k, v in {"job": PUSH_JOB, **key}.items())
     try:
-        push_to_gateway(gateway, job=PUSH_JOB, registry=registry, grouping_key=key, timeout=timeout)
+        bare, credentials = split_credentials(gateway)
+        handler = partial(basic_auth_handler, username=credentials[0], password=credentials[1]) if credentials \
+            else default_handler
+        push_to_gateway(bare, job=PUSH_JOB, registry=registry, grouping_key=key, timeout=timeout, handler=handler)
     except urllib.error.HTTPError as exc:
-        return Delivery("pushgateway", gateway, False, _refused("pushgateway", exc.geturl(), exc))
+        return Delivery("pushgateway", redact(gateway), False, _refused("pushgateway", gateway, exc))
     except (OSError, ValueError) as exc:
-        return Delivery("pushgateway", gateway, False, _unreachable("pushgateway", gateway, exc, timeout))
+        return Delivery("pushgateway", redact(gateway), False, _unreachable("pushgateway", gateway, exc, timeout))
     series = sum(len(family.samples) for family in registry.collect())
-    return Delivery("pushgateway", gateway, True, f"pushed {series} series to group {group}")
+    return Delivery("pushgateway", redact(gateway), True, f"pushed {series} series to group {group}")
