@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -52,8 +51,8 @@ def is_noisy(values: Sequence[float], limit: float = NOISY_SPREAD) -> bool:
 
 # --- Inference: is the candidate different from the baseline, and by how much? -------------
 #
-# numpy and asv are imported inside the functions below, not at the top: store.py imports this
-# module, and `import perfwatch` must stay cheap (numpy costs ~0.1 s, asv ~0.2 s).
+# numpy is imported inside the functions below, not at the top: store.py imports this module,
+# and `import perfwatch` must stay cheap (numpy costs ~0.1 s).
 
 # 1% two-sided, looser than asv's 0.002 because the threshold does most of the work against false
 # alarms (a regression must also be over it): A/A comparisons of 30 samples are flagged 0.0-0.5%
@@ -61,7 +60,7 @@ def is_noisy(values: Sequence[float], limit: float = NOISY_SPREAD) -> bool:
 DEFAULT_ALPHA = 0.01
 
 # Up to this many (baseline, candidate) pairs the Mann-Whitney null distribution is computed
-# exactly (asv counts the orderings, about 0.1 s once for 20 x 20); above it, the normal
+# exactly (_mann_whitney_cdf counts the orderings, ~1 ms once for 20 x 20); above it, the normal
 # approximation is within 0.006 of exact (measured from 20 x 20 to 10 x 45) and costs nothing.
 _EXACT_MAX_PAIRS = 400
 
@@ -95,12 +94,33 @@ def midranks(values: Sequence[float]) -> "numpy.ndarray":
     return (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
 
 
+@functools.lru_cache(maxsize=64)
+def _mann_whitney_cdf(m: int, n: int) -> tuple[float, ...]:
+    """P(U <= u) for u = 0..m*n: the exact Mann-Whitney null of m x's and n y's, U = #(x > y).
+
+    Counts orderings with Mann and Whitney's recursion r(i, j, u) = r(i, j-1, u) + r(i-1, j, u-j)
+    (the largest of the i + j values is a y, or an x above all j y's), one x at a time. The counts
+    are exact in int64 far past the exact-test limit (C(40, 20) ~ 1.4e11 for 20 x 20).
+    """
+    import numpy as np
+
+    counts = np.zeros((n + 1, m * n + 1), dtype=np.int64)  # counts[j, u]: orderings of i x's, j y's
+    counts[:, 0] = 1  # no x's yet: one ordering, U = 0
+    for _ in range(m):
+        for j in range(1, n + 1):
+            shifted = np.zeros_like(counts[j])
+            shifted[j:] = counts[j, :-j]
+            counts[j] = counts[j - 1] + shifted
+    return tuple((np.cumsum(counts[n]) / math.comb(m + n, m)).tolist())
+
+
 def mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
     """Two-sided Mann-Whitney U p-value that ``x`` and ``y`` come from one distribution.
 
-    Small samples use asv's exact null distribution (ties broken the least significant way);
-    larger ones the normal approximation with tie and continuity corrections, which asv's own
-    large-sample branch lacks: without them quantised timings with many ties are judged wrongly.
+    Small samples use the exact null distribution, tied pairs counted the least significant way
+    (as asv does; scipy's exact test counts them as halves, which overstates significance);
+    larger ones the normal approximation with tie and continuity corrections, without which
+    quantised timings with many ties are judged wrongly.
     """
     import numpy as np
 
@@ -108,9 +128,12 @@ def mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:
     if m == 0 or n == 0:
         return math.nan
     if m * n <= _EXACT_MAX_PAIRS:
-        from asv import _stats as asv_stats
-
-        return min(1.0, asv_stats.mann_whitney_u(list(x), list(y), method="exact")[1])
+        x_arr, y_sorted = np.asarray(x, dtype=float), np.sort(np.asarray(y, dtype=float))
+        below = np.searchsorted(y_sorted, x_arr, side="left")  # how many y's lie below each x
+        ties = int((np.searchsorted(y_sorted, x_arr, side="right") - below).sum())
+        u = int(below.sum())
+        # U lies anywhere in u..u+ties; take the value nearest m*n/2, then the smaller tail.
+        return min(1.0, 2 * _mann_whitney_cdf(m, n)[min(u + ties, m * n - u, m * n // 2)])
     pooled = np.concatenate([np.asarray(x, dtype=float), np.asarray(y, dtype=float)])
     u = float(midranks(pooled)[:m].sum()) - m * (m + 1) / 2
     ties = np.unique(pooled, return_counts=True)[1].astype(float)
@@ -178,11 +201,7 @@ def _moses_rank(m: int, n: int, alpha: float) -> int:
     """Rank k: the k-th smallest and k-th largest of the m*n pairwise differences bound a
     >= 1-alpha interval for the shift (Moses); 0 when the samples are too few to bound it."""
     if m * n <= _EXACT_MAX_PAIRS:
-        from asv import _stats as asv_stats
-
-        memo: dict = {}
-        cdf = itertools.accumulate(asv_stats.mann_whitney_u_pmf(m, n, u, memo) for u in range(m * n + 1))
-        return next(u for u, p in enumerate(cdf) if p > alpha / 2)
+        return next(u for u, p in enumerate(_mann_whitney_cdf(m, n)) if p > alpha / 2)
     z = _NORMAL.inv_cdf(1 - alpha / 2)
     return max(0, math.floor(m * n / 2 - 0.5 - z * math.sqrt(m * n * (m + n + 1) / 12)) + 1)
 
