@@ -68,13 +68,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def matmul_precision(model: nn.Module, amp: bool, device: torch.device) -> str:
     """The precision most of the model's FLOPs run in, to pick the peak for MFU."""
     if amp:
         return "bf16"
     if device.type != "cuda":
         return "fp32"
-    has_convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    has_convs = any(isinstance(m, CONVOLUTIONS) for m in model.modules())
     tf32 = torch.backends.cudnn.allow_tf32 if has_convs else torch.backends.cuda.matmul.allow_tf32
     return "tf32" if tf32 else "fp32"
 
