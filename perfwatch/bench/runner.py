@@ -21,6 +21,7 @@ from typing import Callable
 
 import psutil
 
+from perfwatch import assets
 from perfwatch.bench.suite import SIZE_ENV, Benchmark
 from perfwatch.bench.worker import Budget
 from perfwatch.config import SIZES
@@ -35,8 +36,7 @@ BUDGETS: dict[str, tuple[Budget, float]] = {
     "full": (Budget(warmup_time=1.0, sample_time=0.1, min_repeat=20, max_repeat=200, max_time=30.0), 600.0),
 }
 DISCOVERY_TIMEOUT = 120.0
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory that holds perfwatch/
-REFERENCE_SUITES = PACKAGE_ROOT / "suites"
+PACKAGE_ROOT = assets.PACKAGE.parent  # the directory that holds perfwatch/
 
 
 def default_paths(configured: tuple[Path, ...] = (), cwd: Path | None = None) -> list[Path]:
@@ -46,8 +46,8 @@ def default_paths(configured: tuple[Path, ...] = (), cwd: Path | None = None) ->
     local = (cwd or Path.cwd()) / "suites"
     if local.is_dir():
         return [local]
-    if REFERENCE_SUITES.is_dir():
-        return [REFERENCE_SUITES]
+    if assets.SUITES:
+        return [assets.SUITES]
     raise UserError("no suites/ directory here and no reference suites installed; pass a suite file or directory")
 
 
