@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from perfwatch.errors import UserError
-from perfwatch.thresholds import ThresholdError, Thresholds, parse_thresholds
+from perfwatch.errors import ThresholdError, UserError
+from perfwatch.thresholds import Thresholds, parse_thresholds
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,8 +1,27 @@
-"""One exception tree for perfwatch; only cli.py turns these into messages and exit codes.
+"""One exception tree for perfwatch; only perfwatch/cli turns these into messages and exit codes.
 
-Exit codes (docs/architecture.md): 0 ok, 1 confirmed regression, 2 usage or input error,
-3 a benchmark or watched command failed.
+::
+
+    PerfwatchError                     raised on purpose; the message is one line
+    ├── UserError                      exit 2: bad input, named, with what to do
+    │   ├── ThresholdError             (also a ValueError) a threshold spec that cannot be read
+    │   └── WatchedProcessNotFound     (also a ProcessLookupError) no process with the PID to watch
+    ├── BenchmarkFailed                exit 3: a benchmark or a watched command failed
+    └── RegressionFound                exit 1: a confirmed performance regression
+
+Any other exception reaching the CLI is a bug: exit INTERNAL_ERROR_EXIT (70), one line that
+says to rerun with ``--debug`` and report the traceback. Exceptions that never leave their
+module stay there, outside this tree: bench.paired.WorkerLost and bench.suite.SuiteLoadError
+become a failed benchmark, tune.search._BudgetSpent ends a search.
+
+Library messages name no command-line flag, since the library is also called from Python.
+A UserError about one setting names that setting with ``setting=``, by the parameter name
+the CLI gives the option that sets it (``out``, ``results_dir``); the running command then
+adds its flag: "...; choose another output directory (--out)". Exit codes are listed in
+docs/architecture.md.
 """
+
+INTERNAL_ERROR_EXIT = 70  # sysexits.h EX_SOFTWARE: not bad input (2), a bug in perfwatch
 
 
 class PerfwatchError(Exception):
@@ -14,10 +33,21 @@ class PerfwatchError(Exception):
 class UserError(PerfwatchError):
     """Bad input: a missing path, a broken suite file, a corrupt results file, a bad option.
 
-    The message names the file, benchmark or option and says what to do.
+    The message names the file, benchmark or option and says what to do; ``setting`` names the
+    setting at fault, for the CLI to add the flag that sets it.
     """
 
-    exit_code = 2
+    def __init__(self, message: str, *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
+
+
+class ThresholdError(UserError, ValueError):
+    """A threshold spec that cannot be read; a ValueError, and a UserError for the CLI (exit 2)."""
+
+
+class WatchedProcessNotFound(UserError, ProcessLookupError):
+    """The PID given to watch does not exist."""
 
 
 class BenchmarkFailed(PerfwatchError):

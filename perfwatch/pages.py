@@ -235,5 +235,5 @@ def prepare_out_dir(out: Path) -> Path:
             pass
     except OSError as exc:
         raise UserError(f"output directory {out} is not writable: {exc.strerror or exc}; "
-                        "choose another with --out") from None
+                        "choose another output directory", setting="out") from None
     return out

@@ -1,14 +1,17 @@
 """The results document: one run of benchmarks, raw samples, spec and environment.
 
 This is a contract (docs/architecture.md): other tools read these files, so the shape is
-versioned and readers refuse a ``format_version`` they do not know instead of
-guessing. Statistics are never stored; they are computed from the raw samples.
+versioned. A document of an older ``format_version`` is brought up to date on read, one
+``update_to_N`` step at a time, and never refused: runs are kept for years. A newer one is
+refused with a message to upgrade perfwatch, never guessed at. Statistics are never stored;
+they are computed from the raw samples.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +21,36 @@ from perfwatch.errors import UserError
 
 FORMAT_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "skipped")
+
+Update = Callable[[dict[str, Any]], dict[str, Any]]
+
+# N -> update_to_N, which turns a version N-1 document into a version N one. Version 1 is the
+# first perfwatch wrote (format_version is in the first commit's documents), so there is none
+# yet; a change to the document bumps FORMAT_VERSION and adds its update_to_N here.
+UPDATES: dict[int, Update] = {}
+
+
+def upgrade(data: dict[str, Any], source: str, updates: Mapping[int, Update] = UPDATES,
+            current: int = FORMAT_VERSION) -> dict[str, Any]:
+    """``data`` brought to version ``current`` by the updates after its own version, in order.
+
+    Refuses (UserError naming ``source``) a version that is not a whole number, one newer than
+    ``current`` and one older than any perfwatch wrote. The file itself is left as it is.
+    """
+    version = data["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"{source}: format_version {version!r} is not a version number; "
+                        "this file was not written by perfwatch")
+    if version > current:
+        raise UserError(f"{source}: results format_version {version} is newer than this perfwatch, which reads "
+                        f"versions up to {current}; upgrade perfwatch to read it")
+    oldest = min(updates, default=current + 1) - 1
+    if version < oldest:
+        raise UserError(f"{source}: results format_version {version} was never written by perfwatch "
+                        f"(the oldest is {oldest}); this file was not written by perfwatch")
+    for target in range(version + 1, current + 1):
+        data = {**updates[target](data), "format_version": target}
+    return data
 
 
 @dataclass(frozen=True)
@@ -81,12 +114,7 @@ class RunRecord:
         """Parse a results document; ``source`` names it in error messages."""
         if not isinstance(data, dict) or "format_version" not in data:
             raise UserError(f"{source}: not a perfwatch results document (no format_version)")
-        version = data["format_version"]
-        if version != FORMAT_VERSION:
-            raise UserError(
-                f"{source}: results format_version {version!r} is not supported by this perfwatch "
-                f"(it reads version {FORMAT_VERSION}); upgrade perfwatch to read it"
-            )
+        data = upgrade(data, source)
         try:
             return cls(
                 run_id=str(data["run_id"]),

@@ -54,7 +54,8 @@ class Store:
         try:
             write_atomic(path, run.to_json() + "\n")
         except OSError as exc:
-            raise UserError(f"{self.root}: cannot write results ({exc.strerror}); pass a writable --results-dir") from None
+            raise UserError(f"{self.root}: cannot write results ({exc.strerror}); pass a writable results directory",
+                            setting="results_dir") from None
         return path
 
     def paths(self) -> list[Path]:

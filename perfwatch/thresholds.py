@@ -27,16 +27,12 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Mapping
 
-from perfwatch.errors import UserError
+from perfwatch.errors import ThresholdError
 
 DEFAULT_THRESHOLD = 0.03
 
 _SYNTAX = "write a percentage like '5%' or a fraction below 1 like 0.05"
 _WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
-
-
-class ThresholdError(UserError, ValueError):
-    """A threshold spec that cannot be read; a ValueError, and a UserError for the CLI (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ def test_a_corrupt_baseline_is_refused_and_left_alone(tmp_path):
                           "`perfwatch baseline save`")
     baseline_file.write_text('{"format_version": 7}')
     assert_one_line_error(run_perfwatch("baseline", "show", cwd=tmp_path), "perfwatch-baseline.json (baseline)",
-                          "format_version 7 is not supported")
+                          "format_version 7 is newer than this perfwatch")
     baseline_file.write_text('{"format_version": 1, "run_id": "x"}')
     assert_one_line_error(run_perfwatch("compare", cwd=tmp_path), "malformed results document")
     assert baseline_file.read_text() == '{"format_version": 1, "run_id": "x"}'

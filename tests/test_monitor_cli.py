@@ -128,7 +128,7 @@ def test_missing_pid_and_pid_with_command_are_one_line_errors(tmp_path):
     proc = run_perfwatch("monitor", "--port", "0", "--pid", str(finished.pid), cwd=tmp_path, timeout=60)
     assert_one_line_error(proc, f"no process with pid {finished.pid} to watch")
     proc = run_perfwatch("monitor", "--port", "0", "--pid", str(os.getpid()), "--", "true", cwd=tmp_path, timeout=60)
-    assert_one_line_error(proc, "give --pid or a command to launch, not both")
+    assert_one_line_error(proc, "give a PID to watch or a command to launch, not both (--pid)")
 
 
 def test_watched_pid_that_exits_stops_the_monitor_with_0():

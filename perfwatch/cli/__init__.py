@@ -1,8 +1,8 @@
 """The ``perfwatch`` command line: parse, call a public function, print.
 
 Only this package turns errors into messages and exit codes (docs/architecture.md): 0 ok,
-1 confirmed regression, 2 usage or input error, 3 a benchmark failed. A
-traceback is shown only with ``--debug``. Each module holds one family of
+1 confirmed regression, 2 usage or input error, 3 a benchmark failed, 70 an internal error
+(a bug). A traceback is shown only with ``--debug``. Each module holds one family of
 commands and registers it on the group in ``app``.
 """
 
@@ -14,9 +14,9 @@ import traceback
 
 import click
 
-from perfwatch.cli import bench, history, regress, report, tune, watch  # noqa: F401  (registers the commands)
+from perfwatch.cli import bench, grafana, history, regress, report, tune, watch  # noqa: F401  (registers the commands)
 from perfwatch.cli.app import cli, err
-from perfwatch.errors import PerfwatchError
+from perfwatch.errors import INTERNAL_ERROR_EXIT, PerfwatchError, one_line
 
 __all__ = ["cli", "main"]
 
@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         prefix = "perfwatch: error: " if exc.exit_code == 2 else "perfwatch: "
         click.echo(prefix + str(exc), err=True)
         return exc.exit_code
-    except Exception as exc:
+    except Exception as exc:  # not raised on purpose: a bug, whatever its input
         if debug:
             traceback.print_exc()
-        click.echo(f"perfwatch: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                   err=True)
-        return 2
+        click.echo(f"perfwatch: internal error: {one_line(exc)}; "
+                   "this is a bug: rerun with --debug and report the traceback", err=True)
+        return INTERNAL_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -10,13 +10,35 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from perfwatch.config import Config, load_config
+from perfwatch.errors import UserError
 from perfwatch.store import Store
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Command(click.Command):
+    """A command that adds its own flag to an error about the setting that flag sets (errors.py)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            flag = next((opt for p in self.params if isinstance(p, click.Option) and p.name == exc.setting
+                         for opt in p.opts if opt.startswith("--")), None)
+            if flag is None:
+                raise
+            raise UserError(f"{exc} ({flag})") from exc
+
+
+class Group(click.Group):
+    """Commands and sub-groups of ``perfwatch`` are Command and Group."""
+
+    command_class = Command
+    group_class = type
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="perfwatch")
 @click.pass_context

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from perfwatch.errors import UserError
+from perfwatch.errors import WatchedProcessNotFound
 from perfwatch.gpu import GpuSample, GpuSampler
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,6 @@ SKIPPED_INTERFACES = frozenset({"lo"})
 
 ERROR_LOG_PERIOD_S = 60.0  # a failing reader logs at most once a minute after its first failure
 SAMPLER_NICENESS = 10  # the sampler thread yields the CPU to training threads
-
-
-class WatchedProcessNotFound(UserError, ProcessLookupError):
-    """The PID given to watch does not exist."""
 
 
 # ---------------------------------------------------------------- snapshots

@@ -134,7 +134,7 @@ def serve(
     Call from the main thread (it installs signal handlers). ``say`` gets status lines.
     """
     if pid is not None and command:
-        raise UserError("give --pid or a command to launch, not both")
+        raise UserError("give a PID to watch or a command to launch, not both", setting="pid")
     exited = threading.Event()
     # Host only, or the PID (checked now: a UserError when it does not exist); a command's later.
     collector = None if command else Collector(pid, interval=interval, uss_interval=uss_interval,

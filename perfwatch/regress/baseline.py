@@ -55,7 +55,8 @@ def save_baseline(run: RunRecord, path: Path = DEFAULT_BASELINE) -> str | None:
     try:
         write_atomic(path, run.to_json() + "\n")
     except OSError as exc:
-        raise UserError(f"{path}: cannot write the baseline ({exc.strerror}); pass a writable --to FILE") from None
+        raise UserError(f"{path}: cannot write the baseline ({exc.strerror}); pass a writable file",
+                        setting="path") from None
     return replaced
 
 

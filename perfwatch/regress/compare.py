@@ -263,7 +263,8 @@ def mismatch_error(differences: Sequence[str]) -> UserError:
     """The refusal of a cross-machine comparison, naming what differs and the ways out."""
     return UserError(f"baseline and candidate ran on different machines ({'; '.join(differences)}); "
                      "their timings are not comparable: save a baseline on this machine (`perfwatch baseline save`), "
-                     "compare interleaved with `perfwatch ci --against REF`, or pass --allow-machine-mismatch")
+                     "compare interleaved with `perfwatch ci --against REF`, or allow the mismatch",
+                     setting="allow_machine_mismatch")
 
 
 def compare_against(
