@@ -32,7 +32,6 @@ import ast
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 
 from perfwatch.env import cpu_model
 from perfwatch.profile.diagnose import CATEGORIES
-from perfwatch.profile.pyspy import DEFAULT_RATE
+from perfwatch.profile.pyspy import DEFAULT_RATE, find_pyspy, install_dirs
 from perfwatch.profile.run import COLLECTOR_INTERVAL_S, GIL_RATE_DIVISOR, ProfileOptions, Sampler
 from perfwatch.stats import median, paired_ratio
 
@@ -118,7 +117,7 @@ def interleaved_overhead(path: Path, cycles: int, window: float, rate: int) -> l
                 pair = {}
                 for profiled in ((True, False) if cycle % 2 == 0 else (False, True)):
                     begin = time.time()
-                    sampler = Sampler(process.pid, Path(tmp), ProfileOptions(rate=rate), shutil.which("py-spy")) \
+                    sampler = Sampler(process.pid, Path(tmp), ProfileOptions(rate=rate), find_pyspy(install_dirs())) \
                         if profiled else None
                     end = time.monotonic() + window
                     while time.monotonic() < end:

@@ -185,10 +185,12 @@ def profile_document(report: dict[str, Any], figures: Sequence[Figure]) -> Docum
     by_name = {figure.name: figure for figure in figures}
     b, run = report["bottleneck"], report["run"]
     unit = "steps" if b["source"] == "steptimer" else "samples"
-    blocks: list[Block] = [Text(
+    warning = report["pyspy"].get("warning")  # first: it says how far to trust the verdict below
+    blocks: list[Block] = [Text(warning, lead="Warning:", highlight=True)] if warning else []
+    blocks.append(Text(
         f"(confidence {b['confidence']:.2f}, from {b['source']}, {b['samples']} {unit}); profiled "
         f"{run['seconds']:.1f} s, ended by {run['ended_by']}, exit code {run.get('exit_code')}.",
-        lead=f"Primary bottleneck: {b['primary']}", highlight=True)]
+        lead=f"Primary bottleneck: {b['primary']}", highlight=True))
     if not b["shares"]:
         blocks.append(Text(f"No phase shares: {b['basis']}."))
     findings = [Item(f["title"], tag=f.get("id", ""), note=f["severity"],

@@ -1,19 +1,68 @@
-"""The py-spy processes that sample a profiled command, and whether they may attach to it."""
+"""Where py-spy is, the py-spy processes that sample a profiled command, and whether they may attach to it."""
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 
 from perfwatch.profile.stacks import Stack, parse_collapsed
 
 DEFAULT_RATE = 100  # py-spy's own default
+EXECUTABLE = "py-spy"
 
 
 STOP_GRACE_S = 10.0  # each of SIGINT and SIGTERM gets this long before the next signal
+
+
+def install_dirs() -> list[Path]:
+    """Where pip put py-spy when it installed it with perfwatch, which need not be on PATH (a venv's
+    bin when perfwatch runs as venv/bin/perfwatch unactivated; a pipx venv, of which only perfwatch
+    is on PATH; ~/.local/bin after pip install --user): the directory of the interpreter running
+    perfwatch (not resolved: a venv's python is a link to the base one), then the scripts directory
+    of each installation scheme whose site-packages holds perfwatch."""
+    dirs = [Path(sys.executable).parent] if sys.executable else []
+    # Every perfwatch metadata on sys.path: the first may be a stale egg-info in a source tree.
+    sites = {Path(dist.locate_file("")).resolve() for dist in metadata.distributions(name="perfwatch")}
+    dirs += [Path(paths["scripts"]) for paths in _scheme_paths()
+             if {Path(paths["purelib"]).resolve(), Path(paths["platlib"]).resolve()} & sites]
+    return list(dict.fromkeys(dirs))
+
+
+def _scheme_paths() -> Iterator[dict[str, str]]:
+    """sysconfig's paths of every scheme, for this environment's prefix and, in a venv, the base
+    interpreter's (whose site a --system-site-packages venv sees)."""
+    prefixes = {(sys.prefix, sys.exec_prefix), (sys.base_prefix, sys.base_exec_prefix)}
+    for scheme in sysconfig.get_scheme_names():
+        for base, platbase in prefixes:
+            yield sysconfig.get_paths(scheme, vars={"base": base, "platbase": platbase})
+
+
+def find_pyspy(search: Sequence[Path], path: str | None = None) -> str | None:
+    """py-spy's executable: in the ``search`` directories first (``install_dirs()``), then on
+    ``path`` (default: PATH); None when there is none."""
+    for directory in search:
+        found = shutil.which(EXECUTABLE, path=str(directory))
+        if found:
+            return found
+    return shutil.which(EXECUTABLE, path=path)
+
+
+def missing_warning(searched: Sequence[Path]) -> str:
+    """What the console and the top of the report say when py-spy is nowhere: what that costs
+    the diagnosis and how to install py-spy where this perfwatch will find it."""
+    install = shlex.join([sys.executable or "python3", "-m", "pip", "install", EXECUTABLE])
+    places = ", ".join(map(str, searched))
+    return (f"py-spy not found (looked in {places + ' and ' if places else ''}on PATH): the diagnosis is "
+            f"collector-only and less reliable (no stacks, so no phase shares); install py-spy with "
+            f"{install} and profile again")
 
 
 class PySpyRecorder:

@@ -60,7 +60,8 @@ from perfwatch.profile import diagnose as dx
 from perfwatch.profile.attribution import attribute
 from perfwatch.profile.channel import read_timer_summaries
 from perfwatch.profile.page import write_report
-from perfwatch.profile.pyspy import DEFAULT_RATE, STOP_GRACE_S, PySpyRecorder, may_trace
+from perfwatch.profile.pyspy import (DEFAULT_RATE, STOP_GRACE_S, PySpyRecorder, find_pyspy, install_dirs, may_trace,
+                                     missing_warning)
 from perfwatch.profile.rows import busy_threads, collector_row, intra_op_threads, thread_cpu
 from perfwatch.profile.torch_hook import TORCH_PROFILER_DEFAULT_S, install_hook
 
@@ -225,9 +226,11 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
     """
     check_command(command)
     out = prepare_out_dir(Path(options.out or Path("reports") / time.strftime("profile-%Y%m%d-%H%M%S")))
-    pyspy = shutil.which("py-spy") if options.pyspy else None
-    if options.pyspy and pyspy is None:
-        say("py-spy is not installed (pip install py-spy); continuing with a collector-only diagnosis")
+    searched = install_dirs()
+    pyspy = find_pyspy(searched) if options.pyspy else None
+    warning = missing_warning(searched) if options.pyspy and pyspy is None else None
+    if warning:
+        say(warning)
     env = _command_env(out, options)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with ForwardedSignals() as signals:
@@ -248,6 +251,7 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
             report = build_report(command, created, sampler, reason, pyspy_status, options, env, out)
             report["run"].update(exit_code=None if child.returncode is None else exit_code(child.returncode),
                                  stopped_by_perfwatch=stopped)
+            report["pyspy"].update(executable=pyspy, warning=warning)
             write_report(report, out)
             say(f"report: {out / 'report.html'}  (primary bottleneck: {report['bottleneck']['primary']}, "
                 f"confidence {report['bottleneck']['confidence']:.2f})")
