@@ -18,7 +18,7 @@ SUBSET = r"training\.Step\.(time_step|peakmem_step)\(.*mlp|loader\.FirstBatch"
 
 @pytest.mark.slow
 def test_asv_runs_the_reference_suites(tmp_path):
-    asv = shutil.which("asv") or pytest.fail("asv is a dependency of perfwatch and must be installed")
+    asv = shutil.which("asv") or pytest.fail("asv is in the test extra: pip install -e '.[test]'")
     config = json.loads((ROOT / "asv.conf.json").read_text())
     config.update(repo=str(ROOT), benchmark_dir=str(ROOT / "suites"), env_dir=str(tmp_path / "env"),
                   results_dir=str(tmp_path / "results"), html_dir=str(tmp_path / "html"))
