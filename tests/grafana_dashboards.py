@@ -1,22 +1,33 @@
 """The shipped Grafana dashboards as data, and Grafana's substitution of their variables.
 
-The static tests check the JSON models; the integration test evaluates every panel
+The static tests check the JSON models; the integration tests evaluate every panel
 query against a real Prometheus. Both need the same two things: the list of panel
 targets, and the PromQL that Grafana would send for one, which this module produces
-the way Grafana's Prometheus data source does (``interpolate``).
+the way Grafana's Prometheus data source does (``interpolate``). The integration tests
+also share grafana/prometheus.yml pointed at their ports (``prometheus_config``) and
+the panels' queries evaluated there (``PanelQueries``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from servers import Prometheus
+
 GRAFANA = Path(__file__).resolve().parents[1] / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+
+SCRAPE_INTERVAL_S = 1.0
+# Grafana's $__interval for a 1 h range on a ~720 px wide panel: $__rate_interval is
+# then 6 s, so a late scrape on a loaded machine still leaves two samples per window.
+GRAFANA_INTERVAL_S = 5.0
 
 # $name, ${name} or ${name:format}; $1, $2 are label_replace's groups, not variables.
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|([A-Za-z_]\w*))")
@@ -128,3 +139,60 @@ def resolve_variables(
         if values:
             text[variable["name"]] = format_value(variable, values, all_selected=bool(variable.get("multi")))
     return text, found
+
+
+def prometheus_config(
+    scrape_targets: list[str], *, pushgateway: str | None = None, alertmanager: str | None = None
+) -> dict[str, Any]:
+    """grafana/prometheus.yml pointed at this test's ports: its scrape jobs (the
+    file_sd example's hosts do not exist here), its rules and alerting, 1 s scrapes."""
+    shipped = yaml.safe_load((GRAFANA / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in shipped["scrape_configs"]}
+    interval = f"{SCRAPE_INTERVAL_S:g}s"
+    config = {
+        "global": {**shipped["global"], "scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(GRAFANA / path) for path in shipped["rule_files"]],
+        "scrape_configs": [{**jobs["perfwatch"], "static_configs": [{"targets": scrape_targets}]}],
+    }
+    if pushgateway:
+        config["scrape_configs"].append(
+            {**jobs["perfwatch-pushgateway"], "static_configs": [{"targets": [pushgateway]}]})
+    if alertmanager:
+        (shipped_alertmanager,) = shipped["alerting"]["alertmanagers"]
+        config["alerting"] = {"alertmanagers": [{**shipped_alertmanager,
+                                                 "static_configs": [{"targets": [alertmanager]}]}]}
+    return config
+
+
+@dataclass
+class PanelQueries:
+    """The dashboards' queries as Grafana would send them to ``prometheus``, evaluated at Unix time ``at``."""
+
+    prometheus: Prometheus
+    at: float
+    _variables: dict[str, tuple[dict[str, str], dict[str, list[str]]]] = field(default_factory=dict)
+
+    def label_values(self, selector: str | None, label: str) -> list[str]:
+        """What Grafana's label_values(selector, label) lists, over the minute before ``at``."""
+        params = {"start": f"{self.at - 60:.3f}", "end": f"{self.at:.3f}"}
+        if selector:
+            params["match[]"] = selector
+        return self.prometheus.api(f"label/{label}/values", **params)
+
+    def variables(self, dashboard: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """The dashboard's variables as Grafana fills them by default, and the values found."""
+        if dashboard not in self._variables:
+            self._variables[dashboard] = resolve_variables(
+                load(GRAFANA / "dashboards" / f"{dashboard}.json"), self.label_values)
+        return self._variables[dashboard]
+
+    def failure(self, target: Target) -> str | None:
+        """Why the panel would show nothing: no series, or none with a finite value; None if it shows data."""
+        text, _ = self.variables(target.dashboard)
+        expr = interpolate(target.expr, text, SCRAPE_INTERVAL_S, GRAFANA_INTERVAL_S)
+        result = self.prometheus.query(expr, at=self.at)
+        if not result:
+            return f"{target.id}: no data for {expr}"
+        if not any(math.isfinite(float(series["value"][1])) for series in result):
+            return f"{target.id}: only NaN or Inf for {expr}: {result}"
+        return None

@@ -17,51 +17,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from helpers import (
+    BAD,
+    BASELINE,
+    CLEAN,
+    COMMIT,
+    STEADY,
+    assert_promtool_clean,
+    bench,
+    documented_metrics,
+    run_record,
+    scrape,
+    value,
+)
 from servers import Alertmanager, Pushgateway, free_port, wait_until
-from test_exporter import assert_promtool_clean, documented_metrics, scrape, value
 
 from perfwatch.config import AlertSinks
 from perfwatch.regress.alerts import ALERT_LIFETIME, PUSH_JOB, send_alerts
 from perfwatch.regress.compare import compare_runs
-from perfwatch.results import BenchResult, RunRecord
 
-STEADY = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01, 0.99, 1.00, 1.02,
-          0.98, 1.01, 1.00, 0.99, 1.00, 1.01, 0.99, 1.00, 1.02, 0.98]
 REPORT_URL = "https://ci.example.com/builds/42"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def bench(name: str, scale: float = 1.0, *, unit: str = "seconds", higher_is_better: bool = False,
-          status: str = "ok", error: str | None = None) -> BenchResult:
-    kind = {"seconds": "time", "bytes": "peakmem"}.get(unit, "track")
-    samples = [] if status != "ok" else [v * scale for v in STEADY]
-    return BenchResult(name=name, params={}, kind=kind, unit=unit, higher_is_better=higher_is_better,
-                       status=status, error=error, samples=samples)
-
-
-def run_record(run_id: str, created: str, benchmarks: list[BenchResult], commit: str = COMMIT) -> RunRecord:
-    env = {"host": "ci-runner-7", "git_commit": commit, "git_dirty": False}
-    return RunRecord(run_id=run_id, created=created, suite="ci", env=env, benchmarks=benchmarks)
-
-
-def suite_run(run_id: str, created: str, *, slower: float = 1.0, broken: bool = False,
-              commit: str = COMMIT) -> RunRecord:
-    """The reference suites' units: a time, a peak memory, throughputs, a ratio; ``slower``
-    scales the loader's batch time, ``broken`` fails the training step."""
-    return run_record(run_id, created, [
-        bench("loader.time_batch(workers=2)", slower),
-        bench("training.time_step", status="failed" if broken else "ok",
-              error="RuntimeError: CUDA out of memory" if broken else None),
-        bench("training.peakmem_step", 2e8, unit="bytes"),
-        bench("loader.track_samples_per_s", 5000, unit="samples/s", higher_is_better=True),
-        bench("loader.track_bytes_per_s", 3e8, unit="bytes/s", higher_is_better=True),
-        bench("training.track_mfu", 0.4, unit="ratio", higher_is_better=True),
-    ], commit=commit)
-
-
-BASELINE = suite_run("20250101T000000Z-aaaaaa", "2025-01-01T00:00:00+00:00")
-CLEAN = suite_run("20250102T000000Z-bbbbbb", "2025-01-02T00:00:00+00:00")
-BAD = suite_run("20250103T000000Z-cccccc", "2025-01-03T00:00:00+00:00", slower=1.2, broken=True)
 
 
 @dataclass
@@ -150,8 +125,8 @@ def test_webhook_stays_quiet_on_a_clean_run(webhook):
 
 def test_a_failed_benchmark_alerts_even_without_a_baseline_and_slack_markup_is_escaped(webhook):
     broken = run_record("20250104T000000Z-dddddd", "2025-01-04T00:00:00+00:00", [
-        bench("loader.time_batch(workers=2)"),
-        bench("loader.time_batch(workers=0)", status="failed", error="ValueError: need 0 < batch_size & <= 4096")])
+        bench("loader.time_batch(workers=2)", STEADY),
+        bench("loader.time_batch(workers=0)", [], status="failed", error="ValueError: need 0 < batch_size & <= 4096")])
     (delivery,) = send_alerts(AlertSinks(webhook=webhook.url), broken, [])
     assert delivery.ok, delivery.detail
     (request,) = webhook.received

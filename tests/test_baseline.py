@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from helpers import run_perfwatch
-from test_compare_cli import MACHINE, STEADY, assert_one_line_error, bench, scaled, store_run
+from helpers import MACHINE, STEADY, assert_one_line_error, bench, run_perfwatch, scaled, store_run
 
 from perfwatch.regress.compare import machine_differences
 

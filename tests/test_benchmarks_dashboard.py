@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from grafana_dashboards import Target, targets
+from grafana_dashboards import PanelQueries, Target, prometheus_config, targets
+from helpers import BAD, BASELINE, CLEAN
 from servers import Prometheus, Pushgateway
-from test_alerts import BAD, BASELINE, CLEAN
-from test_prometheus_integration import PanelQueries, prometheus_config
 
 from perfwatch.config import AlertSinks
 from perfwatch.regress.alerts import send_alerts

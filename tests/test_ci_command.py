@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_perfwatch, write_suite
+from helpers import MACHINE, NOISY, STEADY, assert_one_line_error, bench, run_perfwatch, scaled, write_suite
 from servers import free_port
-from test_compare_cli import MACHINE, NOISY, STEADY, assert_one_line_error, bench, scaled
 
 from perfwatch.cli import cli
 from perfwatch.regress import ci_report

@@ -6,45 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_perfwatch
-
-from perfwatch.results import BenchResult, RunRecord
-from perfwatch.store import Store
-
-# 20 timings around 1 ms with ~1% spread; a 10% step is clear, +-50% noise hides it.
-STEADY = [1.00, 1.01, 0.99, 1.02, 0.98, 1.00, 1.01, 0.99, 1.00, 1.02,
-          0.98, 1.01, 1.00, 0.99, 1.00, 1.01, 0.99, 1.00, 1.02, 0.98]
-NOISY = [0.6, 1.5, 0.9, 1.3, 0.7, 1.1, 1.6, 0.8, 1.2, 1.0]
-
-MACHINE = {"host": "ci-1", "cpu": "AMD EPYC 7763", "cpu_cores_logical": 2, "memory_bytes": 8 * 1024**3,
-           "gpu": None, "torch": "2.13.0", "python": "3.11.7", "git_commit": "a" * 40, "git_dirty": False,
-           "machine_id": "0123456789ab"}
-
-
-def scaled(values, factor):
-    return [round(v * factor, 6) * 1e-3 for v in values]
-
-
-def bench(name, samples, *, status="ok", unit="seconds", higher_is_better=False, error=None) -> BenchResult:
-    return BenchResult(name=name, params={}, kind="time" if unit == "seconds" else "track", unit=unit,
-                       higher_is_better=higher_is_better, status=status, error=error, samples=list(samples))
-
-
-def store_run(project: Path, run_id: str, *benchmarks: BenchResult, env: dict | None = None,
-              suite: str = "ci") -> RunRecord:
-    """A run as `perfwatch run` would have stored it, with the given samples."""
-    run = RunRecord(run_id=run_id, created="2026-01-01T00:00:00+00:00", suite=suite, env=env or MACHINE,
-                    benchmarks=list(benchmarks))
-    Store(project / ".perfwatch" / "results").save(run)
-    return run
-
-
-def assert_one_line_error(proc, *needles: str) -> None:
-    # The busy-machine warning is a separate line that depends on the load, not on the input.
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("warning: the machine is busy")]
-    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from helpers import MACHINE, NOISY, STEADY, assert_one_line_error, bench, run_perfwatch, scaled, store_run
 
 
 def verdicts_of(proc) -> dict[str, dict]:

@@ -1,7 +1,5 @@
 """The Prometheus adapter over real snapshots: real processes, real HTTP on 127.0.0.1,
-promtool on real scrapes, a real Pushgateway; NVML stood in for the GPU this machine lacks.
-
-The scraping and promtool helpers here serve the other monitoring tests too."""
+promtool on real scrapes, a real Pushgateway; NVML stood in for the GPU this machine lacks."""
 
 from __future__ import annotations
 
@@ -14,18 +12,26 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import psutil
 import pytest
 import servers
-from helpers import TREE_CHILD
+from helpers import (
+    GIB,
+    TREE_CHILD,
+    StandInNvml,
+    assert_promtool_clean,
+    documented_metrics,
+    samples,
+    scrape,
+    types,
+    value,
+    wait_for_scrape,
+)
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
-from servers import Pushgateway, binary, free_port
+from servers import Pushgateway, free_port
 
 from perfwatch.bench.runner import kill_tree
 from perfwatch.errors import UserError
@@ -34,54 +40,7 @@ from perfwatch.monitoring.collector import Collector
 from perfwatch.monitoring.metrics import STEP_BUCKETS, PerfwatchMetrics, TrainingMetrics
 from perfwatch.monitoring.serve import MetricsServer, Pusher
 
-GIB = 1 << 30
-
-
-# ---------------------------------------------------------------- helpers shared by the monitoring tests
-
-
-def scrape(url: str, timeout: float = 10.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
-def wait_for_scrape(url: str, condition=lambda text: True, timeout: float = 15.0) -> str:
-    """The first scrape of ``url`` whose text satisfies ``condition``."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = scrape(url)
-            if condition(last):
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"no satisfying scrape of {url} within {timeout} s; last: {last!r:.2000}")
-
-
-def samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """(sample name, labels) -> value of every sample in an exposition text."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    return samples(text).get((name, frozenset(labels.items())))
-
-
-def types(text: str) -> dict[str, str]:
-    """Family name (as the parser gives it: counters without ``_total``) -> type."""
-    return {family.name: family.type for family in text_string_to_metric_families(text)}
-
-
-def assert_promtool_clean(text: str) -> None:
-    result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
-                            timeout=30)
-    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+# ---------------------------------------------------------------- helpers
 
 
 @contextmanager
@@ -148,8 +107,7 @@ def test_scrape_of_a_real_process_tree_parses_and_promtool_is_clean():
 @pytest.fixture(scope="module")
 def full_scrape() -> str:
     """A scrape with every metric present: training with log(), a tree with USS, NVML stood in."""
-    gpu_tests = pytest.importorskip("test_gpu")  # the NVML stand-in of the GPU tests
-    nvml = gpu_tests.StandInNvml(watched=(os.getpid(),))
+    nvml = StandInNvml(watched=(os.getpid(),))
     training = TrainingMetrics(rank="2")
     training.observe(record(0, 0.01))
     training.log(loss=0.5, lr=0.1)
@@ -157,13 +115,6 @@ def full_scrape() -> str:
         metrics = PerfwatchMetrics(collector, training=training, process_labels={"rank": "2"})
         with serving(metrics) as url:
             return wait_for_scrape(url, lambda t: value(t, "perfwatch_gpu_sm_active_ratio", gpu="0") is not None)
-
-
-def documented_metrics(prefix: str = "perfwatch_") -> dict[str, str]:
-    """Name -> type of every metric docs/metrics.md lists under ``prefix``."""
-    docs = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
-    return {name: kind for name, kind in re.findall(r"^\| `(perfwatch_\w+)` \| (\w+) \|", docs, re.MULTILINE)
-            if name.startswith(prefix)}
 
 
 def test_docs_list_every_metric_with_its_type(full_scrape):

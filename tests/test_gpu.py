@@ -1,6 +1,6 @@
 """GPU sampling: the real answer on this machine, and NVML stood in for the GPU it lacks.
 
-The stand-in answers only the calls into the driver; constants, error classes and
+The stand-in (tests/helpers.py) answers only the calls into the driver; constants, error classes and
 ctypes structures are the real nvidia-ml-py bindings', so unit conversions and
 "not supported" handling run exactly as they would against a driver.
 """
@@ -10,166 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from types import SimpleNamespace
 
 import pynvml
 import pytest
+from helpers import GIB, OTHER_WATCHED, WATCHED, StandInNvml
 
 from perfwatch.gpu import GpuSampler, gpu_inventory
 from perfwatch.monitoring.collector import Collector
-
-GIB = 1 << 30
-WATCHED, OTHER_WATCHED, STRANGER = 4242, 4343, 999
-
-
-def nvml_error(code: int) -> pynvml.NVMLError:
-    return pynvml.NVMLError(code)  # pynvml maps the code to NVMLError_NotSupported etc.
-
-
-NOT_SUPPORTED = nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-
-
-class StandInNvml:
-    """Two GPUs: 0 is Hopper-like and answers everything, 1 is old and answers little."""
-
-    GPM_PERCENT = {
-        pynvml.NVML_GPM_METRIC_SM_UTIL: 55.0,
-        pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 22.5,
-        pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 70.0,
-    }
-
-    def __init__(self, init_error: int | None = None, count: int = 2, watched: tuple[int, ...] = (WATCHED, OTHER_WATCHED)):
-        self.init_error = init_error
-        self.count = count
-        self.watched = watched
-        self.calls: Counter[str] = Counter()
-        self.xid_queue = [SimpleNamespace(device=0, eventData=79)]
-
-    def __getattr__(self, name):
-        value = getattr(pynvml, name)
-        if callable(value) and not isinstance(value, type):
-            raise AttributeError(f"the stand-in does not answer {name}")  # a call the test forgot
-        return value
-
-    def _answer(self, name: str, handle: int, modern, old=NOT_SUPPORTED):
-        """Device 0 gives ``modern``; device 1 gives ``old``, or raises it when it is an NVML error."""
-        self.calls[f"{name}:{handle}"] += 1
-        if handle == 0:
-            return modern
-        if isinstance(old, pynvml.NVMLError):
-            raise old
-        return old
-
-    # life cycle and inventory
-    def nvmlInit(self):
-        if self.init_error is not None:
-            raise nvml_error(self.init_error)
-
-    def nvmlShutdown(self):
-        self.calls["shutdown"] += 1
-
-    def nvmlDeviceGetCount(self):
-        return self.count
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return index
-
-    def nvmlDeviceGetIndex(self, handle):
-        return handle
-
-    def nvmlDeviceGetName(self, handle):
-        return [b"NVIDIA H100 80GB HBM3", "Tesla V100"][handle]
-
-    def nvmlDeviceGetUUID(self, handle):
-        return self._answer("uuid", handle, "GPU-0000", "GPU-1111")
-
-    def nvmlSystemGetDriverVersion(self):
-        return b"550.54.15"
-
-    def nvmlSystemGetCudaDriverVersion(self):
-        return 12040
-
-    # readings
-    def nvmlDeviceGetUtilizationRates(self, handle):
-        return self._answer("utilization", handle, SimpleNamespace(gpu=87, memory=40), SimpleNamespace(gpu=5, memory=1))
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        memory = SimpleNamespace(used=10 * GIB, total=80 * GIB, free=70 * GIB)
-        return self._answer("memory", handle, memory, SimpleNamespace(used=GIB, total=16 * GIB, free=15 * GIB))
-
-    def nvmlDeviceGetPowerUsage(self, handle):
-        return self._answer("power", handle, 350_123)  # mW
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
-        return self._answer("energy", handle, 123_456_789)  # mJ
-
-    def nvmlDeviceGetTemperature(self, handle, sensor):
-        assert sensor == pynvml.NVML_TEMPERATURE_GPU
-        return self._answer("temperature", handle, 61, 45)
-
-    def nvmlDeviceGetClockInfo(self, handle, clock):
-        mhz = {pynvml.NVML_CLOCK_SM: 1980, pynvml.NVML_CLOCK_MEM: 2619}[clock]
-        return self._answer(f"clock{clock}", handle, mhz, 1380)
-
-    def nvmlDeviceGetPcieThroughput(self, handle, counter):
-        kb_per_s = {pynvml.NVML_PCIE_UTIL_TX_BYTES: 1000, pynvml.NVML_PCIE_UTIL_RX_BYTES: 2000}[counter]
-        return self._answer("pcie", handle, kb_per_s)
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
-        bits = pynvml.nvmlClocksEventReasonSwPowerCap | pynvml.nvmlClocksEventReasonHwThermalSlowdown
-        return self._answer("reasons", handle, bits, nvml_error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND))
-
-    def nvmlDeviceGetTotalEccErrors(self, handle, error_type, counter_type):
-        assert counter_type == pynvml.NVML_VOLATILE_ECC
-        return self._answer(f"ecc{error_type}", handle, 3 if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED else 0)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        processes = [
-            SimpleNamespace(pid=self.watched[0], usedGpuMemory=GIB),
-            SimpleNamespace(pid=STRANGER, usedGpuMemory=5 * GIB),
-            SimpleNamespace(pid=self.watched[-1], usedGpuMemory=None),  # not available (WDDM, MIG)
-        ]
-        return self._answer("processes", handle, processes, [])
-
-    # GPM (Hopper)
-    def nvmlGpmQueryDeviceSupport(self, handle):
-        return SimpleNamespace(isSupportedDevice=1 if handle == 0 else 0)
-
-    def nvmlGpmSampleAlloc(self):
-        self.calls["gpm_alloc"] += 1
-        return pynvml.c_nvmlGpmSample_t()
-
-    def nvmlGpmSampleFree(self, sample):
-        self.calls["gpm_free"] += 1
-
-    def nvmlGpmSampleGet(self, handle, sample):
-        self.calls[f"gpm_sample:{handle}"] += 1
-        return sample
-
-    def nvmlGpmMetricsGet(self, request):
-        assert request.version == pynvml.NVML_GPM_METRICS_GET_VERSION
-        for metric in request.metrics[: request.numMetrics]:
-            metric.value = self.GPM_PERCENT[metric.metricId]
-            metric.nvmlReturn = pynvml.NVML_SUCCESS
-        return request
-
-    # XID events
-    def nvmlEventSetCreate(self):
-        return "event-set"
-
-    def nvmlDeviceRegisterEvents(self, handle, event_types, event_set):
-        assert event_types & pynvml.nvmlEventTypeXidCriticalError
-        self._answer("register_events", handle, None)
-
-    def nvmlEventSetWait_v2(self, event_set, timeout_ms):
-        assert timeout_ms == 0, "the sampler must never wait for events"
-        if not self.xid_queue:
-            raise nvml_error(pynvml.NVML_ERROR_TIMEOUT)
-        return self.xid_queue.pop(0)
-
-    def nvmlEventSetFree(self, event_set):
-        self.calls["event_set_free"] += 1
 
 
 def test_no_gpu_here_means_absent_metrics_and_one_info_line(caplog):

@@ -13,9 +13,8 @@ import sys
 import textwrap
 
 import pytest
-from helpers import run_perfwatch
+from helpers import assert_one_line_error, assert_promtool_clean, run_perfwatch, types, value, wait_for_scrape
 from servers import free_port
-from test_exporter import assert_promtool_clean, types, value, wait_for_scrape
 
 from perfwatch.monitoring.session import serve
 
@@ -57,11 +56,6 @@ def start_monitor(*args: str) -> subprocess.Popen:
 def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"perfwatch: error: {needle}"]
 
 
 def test_command_is_watched_scraped_and_its_io_and_exit_code_pass_through():

@@ -9,8 +9,8 @@ import socket
 import threading
 
 import pytest
+from helpers import scrape, types, value, wait_for_scrape
 from servers import Pushgateway, free_port, free_ports
-from test_exporter import scrape, types, value, wait_for_scrape
 
 from perfwatch.errors import UserError
 from perfwatch.monitoring.session import monitor

@@ -22,7 +22,6 @@ import calendar
 import contextlib
 import functools
 import json
-import math
 import os
 import re
 import signal
@@ -31,13 +30,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
-from grafana_dashboards import DASHBOARDS, GRAFANA, Target, interpolate, load, resolve_variables, targets
+from grafana_dashboards import DASHBOARDS, SCRAPE_INTERVAL_S, PanelQueries, Target, prometheus_config, targets
+from helpers import StandInNvml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from servers import Alertmanager, Prometheus, Pushgateway, free_port, free_ports, wait_until
 
@@ -47,10 +46,6 @@ from perfwatch.monitoring.serve import Exporter
 
 pytestmark = pytest.mark.slow
 
-SCRAPE_INTERVAL_S = 1.0
-# Grafana's $__interval for a 1 h range on a ~720 px wide panel: $__rate_interval is
-# then 6 s, so a late scrape on a loaded machine still leaves two samples per window.
-GRAFANA_INTERVAL_S = 5.0
 TRAIN_SECONDS = 15.0  # enough scrapes for every $__rate_interval window, with time to spare on 2 loaded cores
 START_TIMEOUT_S = 90.0  # importing torch and forking workers on a busy CI machine
 SCRIPT = Path(__file__).with_name("monitored_training.py")
@@ -108,29 +103,6 @@ def missing_requirement(expr: str) -> str | None:
     return None
 
 
-def prometheus_config(
-    scrape_targets: list[str], *, pushgateway: str | None = None, alertmanager: str | None = None
-) -> dict[str, Any]:
-    """grafana/prometheus.yml pointed at this test's ports: its scrape jobs (the
-    file_sd example's hosts do not exist here), its rules and alerting, 1 s scrapes."""
-    shipped = yaml.safe_load((GRAFANA / "prometheus.yml").read_text())
-    jobs = {job["job_name"]: job for job in shipped["scrape_configs"]}
-    interval = f"{SCRAPE_INTERVAL_S:g}s"
-    config = {
-        "global": {**shipped["global"], "scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(GRAFANA / path) for path in shipped["rule_files"]],
-        "scrape_configs": [{**jobs["perfwatch"], "static_configs": [{"targets": scrape_targets}]}],
-    }
-    if pushgateway:
-        config["scrape_configs"].append(
-            {**jobs["perfwatch-pushgateway"], "static_configs": [{"targets": [pushgateway]}]})
-    if alertmanager:
-        (shipped_alertmanager,) = shipped["alerting"]["alertmanagers"]
-        config["alerting"] = {"alertmanagers": [{**shipped_alertmanager,
-                                                 "static_configs": [{"targets": [alertmanager]}]}]}
-    return config
-
-
 class Training:
     """tests/monitored_training.py as a process group of its own (under torchrun for
     ``nproc`` > 1), with the same start/stop shape as the servers."""
@@ -186,40 +158,6 @@ def value(series: dict[str, Any]) -> float:
 
 
 # ---------------------------------------------------------------- one scraped run, every panel
-
-
-@dataclass
-class PanelQueries:
-    """The dashboards' queries as Grafana would send them to ``prometheus``, evaluated at Unix time ``at``."""
-
-    prometheus: Prometheus
-    at: float
-    _variables: dict[str, tuple[dict[str, str], dict[str, list[str]]]] = field(default_factory=dict)
-
-    def label_values(self, selector: str | None, label: str) -> list[str]:
-        """What Grafana's label_values(selector, label) lists, over the minute before ``at``."""
-        params = {"start": f"{self.at - 60:.3f}", "end": f"{self.at:.3f}"}
-        if selector:
-            params["match[]"] = selector
-        return self.prometheus.api(f"label/{label}/values", **params)
-
-    def variables(self, dashboard: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-        """The dashboard's variables as Grafana fills them by default, and the values found."""
-        if dashboard not in self._variables:
-            self._variables[dashboard] = resolve_variables(
-                load(GRAFANA / "dashboards" / f"{dashboard}.json"), self.label_values)
-        return self._variables[dashboard]
-
-    def failure(self, target: Target) -> str | None:
-        """Why the panel would show nothing: no series, or none with a finite value; None if it shows data."""
-        text, _ = self.variables(target.dashboard)
-        expr = interpolate(target.expr, text, SCRAPE_INTERVAL_S, GRAFANA_INTERVAL_S)
-        result = self.prometheus.query(expr, at=self.at)
-        if not result:
-            return f"{target.id}: no data for {expr}"
-        if not any(math.isfinite(value(series)) for series in result):
-            return f"{target.id}: only NaN or Inf for {expr}: {result}"
-        return None
 
 
 def rules_evaluated_after(prometheus: Prometheus, moment: float) -> list[dict[str, Any]]:
@@ -287,11 +225,9 @@ def test_alert_rules_evaluate_cleanly_on_real_series(scraped_run):
 
 def test_gpu_panel_queries_return_data_with_nvml_stood_in(tmp_path, started):
     """Where there is no GPU the GPU queries are skipped above. Here NVML, the one
-    thing this machine lacks, is stood in (tests/test_gpu.py: a Hopper-like GPU 0 and
+    thing this machine lacks, is stood in (tests/helpers.py: a Hopper-like GPU 0 and
     an old GPU 1, this process holding memory on GPU 0), so every GPU query still
     meets real exporter output in a real Prometheus: names, labels, the per-host dedup."""
-    from test_gpu import StandInNvml
-
     collector = Collector(os.getpid(), interval=0.5, nvml=StandInNvml(watched=(os.getpid(),)))
     exporter = Exporter(PerfwatchMetrics(collector, training=TrainingMetrics("0"), process_labels={"rank": "0"}),
                         port=0)

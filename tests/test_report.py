@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import run_perfwatch
+from helpers import assert_one_line_error, run_perfwatch
 
 from perfwatch.pages import md_code, md_escape
 from perfwatch.profile.flamegraph import flame_graph_svg
@@ -352,8 +352,7 @@ def test_bad_input_is_one_line_and_exit_2(stored, args, message):
     cwd, _ = stored
     (cwd / "corrupt.json").write_text('{"format_version": 1, "run_id": ')
     result = report_of(cwd, *args)
-    assert result.returncode == 2
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+    assert_one_line_error(result, message)
     assert not (cwd / "reports").exists()
 
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import run_perfwatch
+from helpers import assert_one_line_error, run_perfwatch
 from torch.utils.data import Dataset, TensorDataset
 
 from perfwatch.errors import UserError
@@ -234,9 +234,7 @@ def test_cli_names_a_bad_dataset(tmp_path, dataset, needle):
             return 3
     """))
     proc = run_perfwatch("tune", "loader", "--dataset", dataset, cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_one_line_error(proc, needle)
 
 
 @pytest.mark.parametrize("budget", ["0", "-5"])
