@@ -51,8 +51,8 @@ def export_grafana(dest: Path, force: bool = False) -> list[tuple[str, Path]]:
             plan.append(("replaced", target, data))
     if differing and not force:
         more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
-        raise UserError(f"{differing[0]}{more} differs from perfwatch's copy; "
-                        f"pass --force to overwrite {'them' if more else 'it'}")
+        raise UserError(f"{differing[0]}{more} differs from perfwatch's copy; force the export to overwrite "
+                        f"{'them' if more else 'it'}", setting="force")
     for action, target, data in plan:
         if action != "unchanged":
             try:

@@ -78,7 +78,7 @@ def test_export_refuses_to_overwrite_an_edited_file_unless_forced(tmp_path):
     refused = run_perfwatch("grafana", "export", "out", cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.strip() == ("perfwatch: error: out/provisioning/datasources/perfwatch.yml differs from "
-                                      "perfwatch's copy; pass --force to overwrite it")
+                                      "perfwatch's copy; force the export to overwrite it (--force)")
     assert "prometheus:9090" in edited.read_text()
     assert not (tmp_path / "out" / "rules" / "perfwatch.rules.yml").exists()  # nothing written when refused
 

@@ -158,7 +158,7 @@ def test_the_worktree_of_ref_is_removed_afterwards(project):
 
 
 def test_a_bad_ref_or_no_repository_is_one_clear_line(project, tmp_path):
-    with pytest.raises(UserError, match=r"--against 'no-such-branch': no such commit") as bad_ref:
+    with pytest.raises(UserError, match=r"'no-such-branch': no such commit") as bad_ref:
         run_against("no-such-branch", "quick", repo=project["repo"])
     assert "\n" not in str(bad_ref.value)
     with pytest.raises(UserError, match="not inside a git repository") as no_repo:

@@ -21,7 +21,7 @@ def git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=GIT_TIMEOUT)
     except FileNotFoundError:
-        raise UserError("git is not installed; --against REF needs git to check out REF") from None
+        raise UserError("git is not installed; comparing with a git ref needs git to check it out", setting="ref") from None
     except subprocess.TimeoutExpired:
         raise UserError(f"git {' '.join(args)} did not finish in {GIT_TIMEOUT:g} s in {root}") from None
 
@@ -30,8 +30,8 @@ def repository_root(directory: Path) -> Path:
     """The top of the git working tree around ``directory``."""
     done = git(directory, "rev-parse", "--show-toplevel") if directory.is_dir() else None
     if done is None or done.returncode != 0:
-        raise UserError(f"{directory}: not inside a git repository; --against REF compares with a git ref, "
-                        "so run it in one (or compare against a baseline file)")
+        raise UserError(f"{directory}: not inside a git repository; a comparison with a git ref runs in one "
+                        "(or compare against a baseline file)", setting="ref")
     return Path(done.stdout.strip()).resolve()
 
 
@@ -39,8 +39,8 @@ def resolve_commit(root: Path, ref: str) -> str:
     """The full hash of the commit ``ref`` names."""
     done = git(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if done.returncode != 0 or not done.stdout.strip():
-        raise UserError(f"--against {ref!r}: no such commit in {root}; pass a branch, tag or commit "
-                        "(a shallow CI clone may need `git fetch` of it first)")
+        raise UserError(f"{ref!r}: no such commit in {root}; pass a branch, tag or commit "
+                        "(a shallow CI clone may need `git fetch` of it first)", setting="ref")
     return done.stdout.strip()
 
 

@@ -147,7 +147,7 @@ def load_histories(runs: list[RunRecord], pattern: str | None, source: str,
                    thresholds: Thresholds | Mapping[str, object] | None = None) -> list[History]:
     """:func:`analyze`, with a one-line error when there is nothing to analyze."""
     if not runs:
-        raise UserError(f"{source}: no stored runs; run `perfwatch run` first (or pass --results-dir)")
+        raise UserError(f"{source}: no stored runs; run `perfwatch run` first (or name another store)", setting="results_dir")
     histories = analyze(runs, pattern, thresholds)
     if not histories:
         raise UserError(f"no benchmark matches {pattern!r} in the {len(runs)} runs of {source}; "
@@ -222,5 +222,6 @@ def plot(history: History, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
     except OSError as exc:
-        raise UserError(f"{directory}: cannot write plots ({exc.strerror}); pass a writable --plot-dir") from None
+        raise UserError(f"{directory}: cannot write plots ({exc.strerror}); choose a writable plot directory",
+                        setting="plot_dir") from None
     return path
