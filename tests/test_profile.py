@@ -211,7 +211,7 @@ def test_a_failing_command_keeps_its_exit_code_and_still_gets_a_report(tmp_path)
     assert (out / "report.md").read_text().startswith("# perfwatch profile:")
 
 
-def test_duration_with_stop_interrupts_the_command_and_exits_0(tmp_path):
+def test_duration_with_stop_interrupts_the_command_and_keeps_its_exit_code(tmp_path):
     command = script(tmp_path, """
         import sys
         try:
@@ -222,7 +222,7 @@ def test_duration_with_stop_interrupts_the_command_and_exits_0(tmp_path):
     """)
     started = time.monotonic()
     result, report, out = profile(tmp_path, "--duration", "2", "--stop-at-duration", command=command)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 5, result.stderr
     assert time.monotonic() - started < 30
     assert report["run"]["ended_by"] == "duration" and report["run"]["stopped_by_perfwatch"] is True
     assert report["run"]["exit_code"] == 5  # its own KeyboardInterrupt handler ran: SIGINT came first

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from perfwatch.cli.app import cli
+from perfwatch.profile.pyspy import STOP_GRACE_S
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -43,10 +44,11 @@ def monitor(port: int, bind: str, interval: float, push: str | None, pid: int | 
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Directory for report.json, report.md, report.html, their figures and the raw samples "
                    "(default: reports/profile-<time>).")
-@click.option("--duration", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+@click.option("--duration", type=float, metavar="SECONDS",  # finite and > 0: ProfileOptions says so in one line
               help="Stop sampling after this long (default: when the command exits).")
 @click.option("--keep-running/--stop-at-duration", default=True, show_default=True,
-              help="After --duration, let the command run on, or stop it (SIGINT, SIGTERM, SIGKILL).")
+              help="After --duration, let the command run on, or stop it and every process it started, daemons "
+                   f"included (SIGINT, then SIGTERM, then SIGKILL, {STOP_GRACE_S:g} s apart).")
 @click.option("--no-pyspy", is_flag=True, help="Do not sample stacks with py-spy (collector-only diagnosis).")
 @click.option("--torch-profiler", is_flag=True,
               help="Also run torch.profiler in the command (for --duration, default 30 s) and keep its top ops.")
@@ -60,7 +62,12 @@ def profile_command(out: Path | None, duration: float | None, keep_running: bool
     Runs the command unmodified (its input and output pass through) under the collector and
     py-spy, then writes report.json, report.md and report.html (with figures): the primary
     bottleneck (data loading, host-to-device copies, compute or other), its evidence and the
-    knobs to turn. Exits with the command's exit code.
+    knobs to turn.
+
+    Exits with the command's exit code (128+N if signal N ended it), also after --stop-at-duration:
+    a script that catches the KeyboardInterrupt of its SIGINT exits with its own code, one that does
+    not with 130. A process the command leaves running when it exits by itself (a daemon) is named
+    in a warning and left running.
     """
     from perfwatch.profile.run import ProfileOptions, run_profile
 

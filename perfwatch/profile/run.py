@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +53,7 @@ from typing import Any
 from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
 from perfwatch.profile.channel import PROFILE_DIR_ENV
-from perfwatch.launch import ForwardedSignals, exit_code, launch
+from perfwatch.launch import CommandTree, ForwardedSignals, adopting_orphans, describe, exit_code, launch
 from perfwatch.monitoring.collector import Collector
 from perfwatch.pages import prepare_out_dir
 from perfwatch.profile import diagnose as dx
@@ -73,6 +73,7 @@ COLLECTOR_INTERVAL_S = 0.2
 PYSPY_EXIT_WAIT_S = 5.0  # py-spy notices the command's exit within a sample; then it writes its file
 PYSPY_ATTACH_RETRIES = 3  # the interpreter may not be up yet right after exec
 TORCH_PROFILE_WAIT_S = 60.0  # after --duration, how long the report waits for the command's torch profile
+LEFT_RUNNING_SETTLE_S = 1.0  # after the command exits, how long its children get to exit before a warning
 
 
 # ---------------------------------------------------------------- StepTimer channel
@@ -93,8 +94,8 @@ TORCH_PROFILE_WAIT_S = 60.0  # after --duration, how long the report waits for t
 @dataclass(frozen=True)
 class ProfileOptions:
     """How ``run_profile`` samples. ``out`` None: reports/profile-<local time>. ``duration``
-    None: until the command exits; after ``duration`` the command keeps running
-    (``keep_running``) or is stopped."""
+    None: until the command exits, else finite seconds > 0; after ``duration`` the command keeps
+    running (``keep_running``) or is stopped with every process it started."""
 
     out: Path | None = None
     duration: float | None = None
@@ -104,6 +105,11 @@ class ProfileOptions:
     torch_profiler: bool = False
     interval: float = COLLECTOR_INTERVAL_S
     stop_grace: float = STOP_GRACE_S
+
+    def __post_init__(self) -> None:
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise UserError(f"sampling duration {self.duration:g}: give a finite number of seconds greater than 0",
+                            setting="duration")
 
     @property
     def gil_rate(self) -> int:
@@ -123,20 +129,6 @@ def check_command(command: Sequence[str]) -> None:
         raise UserError("no command to profile; usage: perfwatch profile [OPTIONS] -- python train.py ...")
     if shutil.which(command[0]) is None:
         raise UserError(f"command not found: {command[0]}")
-
-
-def _stop_command(child: subprocess.Popen, grace: float, say: Callable[[str], None]) -> None:
-    """SIGINT (a clean KeyboardInterrupt), then SIGTERM, then SIGKILL, ``grace`` s apart."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if child.poll() is not None:
-            return
-        if signum != signal.SIGINT:
-            say(f"the command did not stop within {grace:g} s; sending {signal.Signals(signum).name}")
-        child.send_signal(signum)
-        try:
-            child.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _command_env(out: Path, options: ProfileOptions) -> dict[str, str]:
@@ -207,7 +199,9 @@ def _sample(child: subprocess.Popen, out: Path, options: ProfileOptions, pyspy: 
                 reason = "duration"
                 break
             if sampler.wall is not None and status == "ok" and sampler.wall.exited() and child.poll() is None:
-                status = _attach_failed(sampler.wall, sampler.gil, child, say)
+                status = _attach_failed(sampler.wall, sampler.gil, child)
+                if status != "ok":
+                    say(pyspy_warning(status, child.pid))
             time.sleep(min(options.interval, 0.2))
     finally:
         sampler.stop(PYSPY_EXIT_WAIT_S if child.poll() is not None else 0)
@@ -219,8 +213,11 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
     """Launch ``command`` (stdin, stdout and stderr pass through), profile it and write
     ``report.json``, ``report.md`` and ``report.html`` (with figures) into ``options.out``.
 
-    Returns the report and the exit code: the command's own (128 + N when killed by
-    signal N), or 0 when perfwatch stopped it at ``duration``. UserError, before anything
+    Returns the report and the command's exit code (128 + N when signal N ended it), also when
+    perfwatch stopped it at ``duration``: SIGINT came first, so a script that handles
+    KeyboardInterrupt exits with its own code, one that does not with 130. What the command leaves
+    running when it exits by itself (a daemon) is named in a warning and left running: only
+    ``keep_running=False`` stops it, with the command, at ``duration``. UserError, before anything
     starts, for a command that does not exist or an output directory that is not writable.
     Call from the main thread (it forwards SIGINT/SIGTERM to the command).
     """
@@ -233,10 +230,12 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
         say(warning)
     env = _command_env(out, options)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with ForwardedSignals() as signals:
+    with ForwardedSignals() as signals, adopting_orphans():
         signals.child = child = launch(command, env)
+        tree = CommandTree(child)
         try:  # whatever fails in here, the command is the user's: it runs to its end
             sampler, reason, pyspy_status = _sample(child, out, options, pyspy, say)
+            warning = warning or pyspy_warning(pyspy_status, child.pid)
             stopped = False
             if reason == "duration":
                 if options.torch_profiler:
@@ -244,8 +243,8 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
                 if options.keep_running:
                     say(f"sampled {options.duration:g} s; writing the report while the command keeps running")
                 else:
-                    say(f"sampled {options.duration:g} s; stopping the command")
-                    _stop_command(child, options.stop_grace, say)
+                    say(f"sampled {options.duration:g} s; stopping the command and every process it started")
+                    tree.stop(options.stop_grace, say)
                     stopped = True
             _tidy(out)
             report = build_report(command, created, sampler, reason, pyspy_status, options, env, out)
@@ -257,7 +256,13 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
                 f"confidence {report['bottleneck']['confidence']:.2f})")
         finally:
             code = exit_code(child.wait())
-    return ProfileResult(report, out, 0 if stopped else code)
+        left = tree.settle(LEFT_RUNNING_SETTLE_S)
+        if left:  # the user's command meant them to outlive it (a daemon): named, not stopped
+            them = "them" if len(left) > 1 else "it"
+            say(f"the command exited but left {len(left)} process{'es' if len(left) > 1 else ''} running: "
+                f"{describe(left)}; perfwatch leaves {them} be (kill {' '.join(str(p.pid) for p in left)} "
+                f"to stop {them})")
+    return ProfileResult(report, out, code)
 
 
 def _await(path: Path, child: subprocess.Popen, timeout: float) -> None:
@@ -267,7 +272,7 @@ def _await(path: Path, child: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _attach_failed(wall: PySpyRecorder, gil: PySpyRecorder | None, child: subprocess.Popen, say: Callable[[str], None]) -> str:
+def _attach_failed(wall: PySpyRecorder, gil: PySpyRecorder | None, child: subprocess.Popen) -> str:
     """py-spy exited while the command runs: give up at once when it may not trace the command,
     else retry a few times (the interpreter may not be up yet). Returns the new py-spy status."""
     permitted = may_trace(child.pid)
@@ -280,12 +285,20 @@ def _attach_failed(wall: PySpyRecorder, gil: PySpyRecorder | None, child: subpro
     if gil is not None:
         gil.stop(0)
     if not permitted:
-        say(f"py-spy cannot attach to pid {child.pid}: permission denied (ptrace needs the same user and a "
-            "dumpable process, or CAP_SYS_PTRACE; see kernel.yama.ptrace_scope); continuing with a "
-            "collector-only diagnosis")
         return "permission denied"
-    say(f"py-spy stopped: {wall.error() or 'no reason given'}; continuing with a collector-only diagnosis")
-    return "failed: " + (wall.error() or "unknown")
+    return "failed: " + (wall.error() or "no reason given")
+
+
+def pyspy_warning(status: str, pid: int) -> str | None:
+    """What the console says when py-spy gives up on the command (``status`` from ``_attach_failed``),
+    and the report first, as it does for a missing py-spy: the diagnosis below it has no stacks."""
+    collector_only = "the diagnosis is collector-only and less reliable (no stacks, so no phase shares)"
+    if status == "permission denied":
+        return (f"py-spy cannot attach to pid {pid}: permission denied (ptrace needs the same user and a dumpable "
+                f"process, or CAP_SYS_PTRACE; see kernel.yama.ptrace_scope): {collector_only}")
+    if status.startswith("failed: "):
+        return f"py-spy stopped ({status.removeprefix('failed: ')}): {collector_only}"
+    return None
 
 
 def build_report(command: Sequence[str], created: str, sampler: Sampler, reason: str, pyspy_status: str,
