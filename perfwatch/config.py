@@ -15,6 +15,7 @@ from typing import Any
 
 from perfwatch.errors import ThresholdError, UserError
 from perfwatch.thresholds import Thresholds, parse_thresholds
+from perfwatch.urls import redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +41,8 @@ class Config:
     """Where results live, which suite paths run by default, the default suite size,
     per-benchmark regression thresholds and alert sinks."""
 
-    results_dir: Path = Path(".perfwatch/results")
+    results_dir: Path = Path(".perfwatch/results")  # a directory store, and the default store's legacy runs
+    store: str | None = None  # a store URL or directory; None: results_dir if set, else the SQLite default
     paths: tuple[Path, ...] = ()
     suite: str = "quick"
     thresholds: Thresholds = Thresholds()
@@ -54,6 +56,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc}); fix the file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, save it as UTF-8") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -65,9 +69,9 @@ def find_settings(start: Path) -> tuple[dict[str, Any], Path | None]:
         return _read_toml(dedicated), dedicated
     pyproject = start / "pyproject.toml"
     if pyproject.is_file():
-        table = _read_toml(pyproject).get("tool", {}).get("perfwatch")
-        if table is not None:
-            return table, pyproject
+        tool = _expect(_read_toml(pyproject), "tool", dict, pyproject, "", {})
+        if "perfwatch" in tool:
+            return _expect(tool, "perfwatch", dict, pyproject, "tool."), pyproject
     return {}, None
 
 
@@ -87,6 +91,9 @@ def load_config(start: Path | None = None) -> Config:
     values: dict[str, Any] = {"source": str(source)}
     if "results_dir" in table:
         values["results_dir"] = base / _expect(table, "results_dir", str, source)
+        values["store"] = str(values["results_dir"])
+    if "store" in table:
+        values["store"] = _store_address(_expect(table, "store", str, source), base)
     if "paths" in table:
         paths = _expect(table, "paths", list, source)
         if not all(isinstance(p, str) for p in paths):
@@ -107,6 +114,13 @@ def load_config(start: Path | None = None) -> Config:
     return Config(**values)
 
 
+def _store_address(address: str, base: Path) -> str:
+    """A store URL or directory, a relative path (also in ``sqlite:///PATH``) taken from the settings file's."""
+    if address.startswith("sqlite:///") and not address.startswith("sqlite:////"):
+        return f"sqlite:///{base / address.removeprefix('sqlite:///')}"
+    return address if "://" in address else str(base / address)
+
+
 def _alert_settings(table: dict[str, Any], source: Path) -> AlertSinks:
     """The alerts table: known sink names only, each an http(s) URL (the timeout is not a setting)."""
     known = {f.name for f in fields(AlertSinks)} - {"timeout"}
@@ -115,13 +129,20 @@ def _alert_settings(table: dict[str, Any], source: Path) -> AlertSinks:
         raise UserError(f"{source}: unknown alert sink {unknown[0]!r} in 'alerts'; "
                         f"known sinks: {', '.join(sorted(known))}")
     for key, url in table.items():
-        if not isinstance(url, str) or not url.startswith(URL_SCHEMES):
-            raise UserError(f"{source}: alerts.{key} = {url!r} must be an http:// or https:// URL")
+        if not isinstance(url, str):
+            raise UserError(f"{source}: alerts.{key} must be an http:// or https:// URL, got {type(url).__name__}")
+        if not url.startswith(URL_SCHEMES):
+            raise UserError(f"{source}: alerts.{key} = {redact(url)!r} must be an http:// or https:// URL")
     return AlertSinks(**table)
 
 
-def _expect(table: dict[str, Any], key: str, kind: type, source: Path) -> Any:
-    value = table[key]
+def _expect(table: dict[str, Any], key: str, kind: type, source: Path, prefix: str | None = None,
+            default: Any = None) -> Any:
+    """``table[key]`` if it is a ``kind`` (or ``default`` when absent); the error names the type found,
+    never the value, which may hold a secret. ``prefix`` None means a perfwatch setting, else a TOML key path."""
+    value = table.get(key, default)
     if not isinstance(value, kind):
-        raise UserError(f"{source}: perfwatch setting {key!r} must be a {kind.__name__}, got {value!r}")
+        what = f"perfwatch setting {key!r}" if prefix is None else repr(prefix + key)
+        raise UserError(f"{source}: {what} must be a {kind.__name__}, "
+                        f"got {type(value).__name__}")
     return value

@@ -53,6 +53,49 @@ def upgrade(data: dict[str, Any], source: str, updates: Mapping[int, Update] = U
     return data
 
 
+class Malformed(ValueError):
+    """A field of a results document that is missing or of the wrong type; the message names the field."""
+
+    def __init__(self, field: str, expected: str, value: Any = None, missing: bool = False):
+        super().__init__(f"{field} is missing" if missing else
+                         f"{field} must be {expected}, got {type(value).__name__}")
+
+
+_KINDS = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "a whole number",
+          float: "a number", (str, type(None)): "a string or null"}
+_REQUIRED = object()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, field: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise Malformed(field, expected, value)
+
+
+class _Fields:
+    """Typed reads of one table of a document: JSON's true is not a number, 1 is not a flag."""
+
+    def __init__(self, data: dict[str, Any], where: str):
+        self.data, self.prefix = data, f"{where}." if where else ""
+
+    def get(self, key: str, kind: Any, default: Any = _REQUIRED) -> Any:
+        field = self.prefix + key
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise Malformed(field, "", missing=True)
+            return default
+        value = self.data[key]
+        if kind is float:
+            ok = _is_number(value)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        _require(ok, field, _KINDS[kind], value)
+        return value
+
+
 @dataclass(frozen=True)
 class BenchResult:
     """One benchmark (one parameter combination) of a run, with every raw sample."""
@@ -74,9 +117,22 @@ class BenchResult:
         return self.status == "ok"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: Any, where: str = "benchmark") -> BenchResult:
+        """One benchmark of a document, each field checked; a wrong one raises Malformed naming ``where.field``."""
+        if not isinstance(data, dict):
+            raise Malformed(where, "a table", data)
+        f = _Fields(data, where)
+        status = f.get("status", str)
+        if status not in STATUSES:
+            raise Malformed(f"{where}.status", f"one of {', '.join(STATUSES)}", status)
+        samples = f.get("samples", list, [])
+        for i, value in enumerate(samples):
+            _require(_is_number(value), f"{where}.samples[{i}]", "a number", value)
+        return cls(name=f.get("name", str), params=f.get("params", dict), kind=f.get("kind", str),
+                   unit=f.get("unit", str), higher_is_better=f.get("higher_is_better", bool), status=status,
+                   error=f.get("error", (str, type(None)), None), samples=list(samples),
+                   number=f.get("number", int, 1), warmup_s=f.get("warmup_s", float, 0.0),
+                   duration_s=f.get("duration_s", float, 0.0))
 
 
 @dataclass(frozen=True)
@@ -116,15 +172,13 @@ class RunRecord:
             raise UserError(f"{source}: not a perfwatch results document (no format_version)")
         data = upgrade(data, source)
         try:
-            return cls(
-                run_id=str(data["run_id"]),
-                created=str(data["created"]),
-                suite=str(data.get("suite", "")),
-                env=dict(data["env"]),
-                benchmarks=[BenchResult.from_dict(b) for b in data["benchmarks"]],
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{source}: malformed results document ({type(exc).__name__}: {exc})") from None
+            f = _Fields(data, "")
+            return cls(run_id=f.get("run_id", str), created=f.get("created", str), suite=f.get("suite", str, ""),
+                       env=f.get("env", dict),
+                       benchmarks=[BenchResult.from_dict(b, f"benchmarks[{i}]")
+                                   for i, b in enumerate(f.get("benchmarks", list))])
+        except Malformed as exc:
+            raise UserError(f"{source}: malformed results document: {exc}") from None
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:

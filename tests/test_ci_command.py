@@ -101,6 +101,7 @@ def measured(tmp_path_factory) -> Path:
     """A project with the tiny suite, one stored ci run of it and that run saved as the baseline."""
     project = tmp_path_factory.mktemp("measured")
     write_suite(project / "suites", "tiny.py", SUITE)
+    (project / "perfwatch.toml").write_text('store = ".perfwatch/results"  # runs committed as JSON documents\n')
     for args in (("run", "--suite", "ci"), ("baseline", "save")):
         proc = run_perfwatch(*args, cwd=project)
         assert proc.returncode == 0, proc.stderr
@@ -130,7 +131,7 @@ def test_without_a_baseline_or_a_ref_it_says_what_to_do(tmp_path):
     write_suite(tmp_path / "suites", "tiny.py", SUITE)
     assert_one_line_error(run_perfwatch("ci", cwd=tmp_path), "perfwatch-baseline.json: no baseline file",
                           "`perfwatch baseline save`", "--against REF")
-    assert not stored_runs(tmp_path)
+    assert not (tmp_path / ".perfwatch").exists()  # nothing stored, no store made
 
 
 def test_a_regression_exits_1_with_all_reports_and_the_step_summary(project):
@@ -247,7 +248,7 @@ def test_against_a_git_ref_runs_both_sides_interleaved(project):
     assert doc["paired"] is True and verdicts(reports["report.json"]) == {"tiny.track_items": "regressed"}
     assert json.loads(reports["baseline-run.json"])["run_id"] == doc["baseline"]["run_id"]  # its samples are kept
     assert len(stored_runs(project)) == 2  # the measured run and this candidate; REF's run is in the reports
-    assert_one_line_error(run_perfwatch("ci", "--against", "no-such-branch", cwd=project), "--against 'no-such-branch'")
+    assert_one_line_error(run_perfwatch("ci", "--against", "no-such-branch", cwd=project), "'no-such-branch': no such commit", "(--against)")
 
 
 # --- the example workflow ----------------------------------------------------------------------

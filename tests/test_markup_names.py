@@ -20,6 +20,7 @@ track_items.warmup_time = 0
 @pytest.fixture
 def project(tmp_path):
     write_suite(tmp_path / "suites", "bench_markup.py", SUITE)
+    (tmp_path / "perfwatch.toml").write_text('store = ".perfwatch/results"  # runs committed as JSON documents\n')
     return tmp_path
 
 

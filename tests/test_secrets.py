@@ -245,8 +245,6 @@ def test_a_bad_url_option_is_refused_without_echoing_its_secret(tmp_path):
     assert_no_secret(proc)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py echoes a bad alert URL whole; its owner redacts it with "
-                                       "perfwatch.urls.redact (then remove this mark)")
 def test_a_bad_alert_url_in_the_config_is_refused_without_echoing_its_secret(tmp_path):
     (tmp_path / "perfwatch.toml").write_text(f'[alerts]\nalertmanager = "htp://{USER}:{PASSWORD}@host:9093"\n')
     proc = run_perfwatch("compare", cwd=tmp_path)

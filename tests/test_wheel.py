@@ -81,9 +81,9 @@ def test_the_wheel_holds_every_package_the_reference_suites_and_the_grafana_asse
 
 def test_the_installed_wheel_runs_the_reference_suites_from_an_empty_directory(venv, tmp_path):
     done = run([venv / "bin" / "perfwatch", "run", "--suite", "quick", "--filter", ONE_FAST_BENCHMARK], cwd=tmp_path)
-    (stored,) = (tmp_path / ".perfwatch" / "results").glob("*.json")
-    assert f"stored .perfwatch/results/{stored.name}" in done.stdout
-    (result,) = json.loads(stored.read_text())["benchmarks"]
+    stored = json.loads(run([venv / "bin" / "perfwatch", "store", "export", "latest"], cwd=tmp_path).stdout)
+    assert f"stored {stored['run_id']} in sqlite:///.perfwatch/perfwatch.db" in done.stdout
+    (result,) = stored["benchmarks"]
     assert (result["name"], result["status"]) == ("training.Step.time_step(model='mlp')", "ok") and result["samples"]
 
     probe = "import perfwatch, perfwatch.assets as a; print(perfwatch.__file__, a.SUITES, a.GRAFANA)"

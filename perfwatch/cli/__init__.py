@@ -14,7 +14,16 @@ import traceback
 
 import click
 
-from perfwatch.cli import bench, grafana, history, regress, report, tune, watch  # noqa: F401  (registers the commands)
+from perfwatch.cli import (  # noqa: F401  (registers the commands)
+    bench,
+    grafana,
+    history,
+    regress,
+    report,
+    store,  # noqa: F401
+    tune,
+    watch,
+)
 from perfwatch.cli.app import cli, err
 from perfwatch.errors import INTERNAL_ERROR_EXIT, PerfwatchError, one_line
 

@@ -11,7 +11,7 @@ from rich.logging import RichHandler
 
 from perfwatch.config import Config, load_config
 from perfwatch.errors import UserError
-from perfwatch.store import Store
+from perfwatch.store import DEFAULT_STORE, RunStore, open_store
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -56,14 +56,29 @@ def config_of(ctx: click.Context) -> Config:
     return ctx.obj["config"]
 
 
-def store_of(ctx: click.Context, results_dir: Path | None) -> Store:
-    return Store(results_dir or config_of(ctx).results_dir)
+def store_of(ctx: click.Context, results_dir: Path | None) -> RunStore:
+    """The store --results-dir, --store / PERFWATCH_STORE, or the settings name; else the SQLite default,
+    into which the runs of .perfwatch/results (or results_dir) are imported."""
+    store = ctx.meta.get("perfwatch.store")
+    if results_dir is not None and ctx.get_parameter_source("store") is click.core.ParameterSource.COMMANDLINE:
+        raise UserError("--store and --results-dir: give one (--results-dir DIR is --store DIR)")
+    config = config_of(ctx)
+    if results_dir is not None or store or config.store:
+        return open_store(results_dir or store or config.store)
+    return open_store(DEFAULT_STORE, legacy=config.results_dir)
 
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-results_dir_option = click.option(
-    "--results-dir", type=click.Path(path_type=Path, file_okay=False),
-    help="Where runs are stored (default: .perfwatch/results or results_dir in config).",
-)
+
+
+def results_dir_option(command):
+    """--store URL (or PERFWATCH_STORE) and its alias for a directory, --results-dir; store_of reads both."""
+    command = click.option(
+        "--store", metavar="URL", envvar="PERFWATCH_STORE", show_envvar=True, expose_value=False,
+        callback=lambda ctx, param, value: ctx.meta.setdefault("perfwatch.store", value),
+        help="Where runs are stored: sqlite:///PATH, postgresql://USER@HOST/DB or a directory "
+             "(default: store in config, else sqlite:///.perfwatch/perfwatch.db).")(command)
+    return click.option("--results-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="A directory of results documents to store runs in (same as --store DIR).")(command)
 
 

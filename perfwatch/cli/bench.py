@@ -39,11 +39,18 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
     """Run benchmark suites (default: ./suites or the reference suites) and store the run.
 
     Each benchmark runs in its own process with warm-up, calibrated repeats and a
-    timeout; every raw sample is kept. Exits 3 if any benchmark failed.
+    timeout; every raw sample is kept. Exits 3 if any benchmark failed. A run stopped
+    by Ctrl-C or SIGTERM stores the benchmarks it finished; one killed outright is
+    cleaned up, its finished benchmarks stored, by the next run.
     """
     config = config_of(ctx)
     size = size or config.suite
     store = store_of(ctx, results_dir)
+    if store.backend == "directory":  # written to only at the end: prove it writable now
+        runner.check_writable(store.root, setting="results_dir" if results_dir else "store")
+    cleaned = runner.clean_leftovers(store)
+    if cleaned:
+        err.print(f"[yellow]note:[/] {escape(cleaned)}", soft_wrap=True)
     suite_paths = list(paths) or runner.default_paths(config.paths)
     benchmarks = runner.select(runner.discover(suite_paths, size), size, pattern)
     if not benchmarks:
@@ -68,12 +75,11 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
                                        soft_wrap=True)
 
         debug_log = (lambda text: progress.console.print(escape(text))) if ctx.obj["debug"] else None
-        record = runner.run_suite(benchmarks, size, progress=on_progress, debug_log=debug_log)
+        record = runner.run_suite(benchmarks, size, progress=on_progress, debug_log=debug_log, store=store)
 
-    path = store.save(record)
     table_console.print(display.results_table(record))
     table_console.print(f"[dim]{escape(display.env_line(record.env))}[/]")
-    table_console.print(f"stored {path}")
+    table_console.print(f"stored {escape(str(store.save(record)))}")
     if as_json:
         click.echo(record.to_json())
     if record.failed:
