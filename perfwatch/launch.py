@@ -127,23 +127,6 @@ def describe(processes: Iterable[psutil.Process], width: int = 60) -> str:
     return ", ".join(parts)
 
 
-def kill_tree(pid: int) -> None:
-    """Kill a process, the process group it leads (if any) and every descendant.
-
-    The group alone is not enough: torchrun starts its ranks in sessions of their own.
-    """
-    try:
-        process = psutil.Process(pid)
-        members = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        members = []
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:  # not a group leader, or already gone
-        pass
-    _send(members, signal.SIGKILL)
-
-
 class CommandTree:
     """Every process a launched command started: the command, its descendants (in sessions of their
     own too) and, inside ``adopting_orphans``, those whose parent exited before them. Make it right

@@ -14,7 +14,7 @@ import perfwatch
 
 PACKAGE = Path(perfwatch.__file__).parent
 CORE = {"errors", "config", "env", "gpu", "stats", "results", "store", "thresholds", "instrument", "launch",
-        "pages", "figures", "display", "paths", "urls", "assets", "worker", "__main__"}
+        "pages", "figures", "display", "paths", "urls", "assets", "proctree", "worker", "__main__"}
 WINGS = {"bench", "regress", "monitoring", "profile", "tune", "pipelines", "cli"}
 # (importer's wing, imported wing) pairs the map allows; the CLI may import anything.
 WING_EDGES = {("regress", "bench"), ("profile", "monitoring"), ("tune", "pipelines")}

@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
+import math
 import os
 import sys
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from perfwatch.config import SIZES
 
@@ -71,9 +72,13 @@ class Benchmark:
     warmup_time: float | None
     sample_time: float | None
     unsupported: str | None = None
+    rounds: int | None = None  # paired mode's rounds of fresh processes (asv's name); None: the suite's
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON for a worker. A field added after paired mode existed is left out while unset:
+        paired mode also talks to the worker of an older checkout, which would refuse it."""
+        data = asdict(self)
+        return {k: v for k, v in data.items() if not (k in LATER_FIELDS and v is None)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Benchmark:
@@ -147,7 +152,63 @@ def param_grid(owner: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
 
 
 def _jsonable(value: Any) -> Any:
+    """A parameter value as strict JSON holds it: NaN and infinities (and anything not plain) as their repr."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+# --- attributes, checked at discovery: a bad one must not surface after the suite has run ---
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _repeat(value: Any) -> bool:
+    """asv's repeat: a number of samples (0: the default), or (min_repeat, max_repeat, max_time)."""
+    if isinstance(value, (list, tuple)):
+        return (len(value) == 3 and _whole(value[0]) and _whole(value[1]) and _number(value[2])
+                and 1 <= value[0] <= value[1] and value[2] >= 0)
+    return _whole(value) and value >= 0
+
+
+def _params(value: Any) -> bool:
+    """asv's params: one list of values, or a list of such lists (their cartesian product)."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    nested = [isinstance(v, (list, tuple)) for v in value]
+    return not any(nested) or all(nested)
+
+
+LATER_FIELDS = ("rounds",)
+
+ATTRIBUTES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "params": (_params, "a list of values, or a list of lists of values"),
+    "param_names": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v), "a list of names"),
+    "timeout": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
+    "number": (lambda v: _whole(v) and v >= 0, "a whole number of calls per sample (0: calibrated)"),
+    "repeat": (_repeat, "a whole number of samples (0: the default) or (min_repeat, max_repeat, max_time) "
+                        "with 1 <= min_repeat <= max_repeat and max_time >= 0 seconds"),
+    "warmup_time": (_number, "a number of seconds (negative: the default)"),
+    "sample_time": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
+    "rounds": (lambda v: _whole(v) and v >= 1, "a whole number of rounds of fresh processes >= 1"),
+    "unit": (lambda v: isinstance(v, str) and bool(v.strip()), "a unit name such as 'seconds' or 'samples/s'"),
+    "sizes": (lambda v: isinstance(v, (list, tuple)) and bool(v) and all(s in SIZES for s in v),
+              f"a list of suite sizes out of {', '.join(SIZES)}"),
+}
+
+
+def check_attributes(file: Path, name: str, owners: tuple[Any, ...]) -> None:
+    """Raise SuiteLoadError naming the file, the benchmark and the attribute for the first bad attribute."""
+    for attr, (valid, expected) in ATTRIBUTES.items():
+        value = lookup_attr(attr, *owners)
+        if value is not None and not valid(value):
+            raise SuiteLoadError(f"{file}: benchmark {name}: {attr} = {value!r} is not valid; "
+                                 f"it must be {expected}")
 
 
 def benchmark_name(module: str, qualname: str, names: list[str], values: tuple[Any, ...]) -> str:
@@ -174,6 +235,7 @@ def collect(module: ModuleType, file: Path, module_name: str) -> list[Benchmark]
         prefix = next((p for p in (*KINDS, *UNSUPPORTED_PREFIXES) if short.startswith(p)))
         kind = KINDS.get(prefix, prefix.rstrip("_"))
         owners = (func, cls) if cls is not None else (func,)  # asv reads no module-level attributes
+        check_attributes(file, f"{module_name}.{qualname}", owners)
         names, grid = param_grid(cls if cls is not None else func)
         repeat = lookup_attr("repeat", *owners, default=None)
         for index, values in enumerate(grid):
@@ -194,6 +256,7 @@ def collect(module: ModuleType, file: Path, module_name: str) -> list[Benchmark]
                     repeat=list(repeat) if isinstance(repeat, tuple) else repeat,
                     warmup_time=lookup_attr("warmup_time", *owners, default=None),
                     sample_time=lookup_attr("sample_time", *owners, default=None),
+                    rounds=lookup_attr("rounds", *owners, default=None),
                     unsupported=None if prefix in KINDS else f"{prefix} benchmarks are asv-only; run them with asv",
                 )
             )

@@ -20,16 +20,23 @@ It first writes ``{"serve": SERVE_PROTOCOL}``, then answers, in order:
 
 A failure is ``{"status": "failed" | "skipped", "error": "one line", "traceback": "..."}``.
 The budget is used as given: the parent resolves it once for both sides of a pair.
+
+A worker does not outlive its runner: given ``$PERFWATCH_PARENT_PID`` it ends its whole tree
+when that process dies (PR_SET_PDEATHSIG), and given ``$PERFWATCH_WORKER_TIMEOUT`` it ends it
+itself a little after the runner should have, in case the runner is stopped or hung.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -37,10 +44,15 @@ from pathlib import Path
 from typing import IO, Any, Callable, TypeVar
 
 from perfwatch.bench.suite import Benchmark, SuiteLoadError, discover, import_suite, lookup_attr, resolve_target
+from perfwatch.proctree import kill_tree
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 STATUS = Path("/proc/self/status")
 SERVE_PROTOCOL = 1  # paired.py looks for this name to tell whether a perfwatch can serve
+PARENT_ENV = "PERFWATCH_PARENT_PID"  # the runner: when it dies, so does this worker's tree
+TIMEOUT_ENV = "PERFWATCH_WORKER_TIMEOUT"  # the runner's timeout for this worker, in seconds
+OWN_TIMEOUT_GRACE = 2.0  # the worker's own limit comes this much later: normally the runner's fires first
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 T = TypeVar("T")
 
@@ -331,7 +343,7 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
     """Answer JSON-line requests (module doc) until ``close`` or the end of input."""
 
     def reply(payload: dict[str, Any]) -> None:
-        replies.write(json.dumps(payload) + "\n")
+        replies.write(json.dumps(payload, allow_nan=False) + "\n")
         replies.flush()
 
     reply({"serve": SERVE_PROTOCOL})
@@ -365,8 +377,53 @@ def serve_stdio() -> None:
     serve(requests, replies)
 
 
+def die_with_parent(parent: int) -> None:
+    """End this worker's tree when ``parent`` dies, however it dies (kill -9 too).
+
+    The kernel sends SIGTERM at the parent's death (PR_SET_PDEATHSIG); the handler kills the tree,
+    since the kernel's signal reaches only this process. A handler inherited by a forked child
+    (a DataLoader worker) acts as the default SIGTERM there.
+    """
+    me = os.getpid()
+
+    def end(signum: int, frame: Any) -> None:
+        if os.getpid() != me:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        kill_tree(me)
+
+    signal.signal(signal.SIGTERM, end)
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)  # Linux only
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:  # it died before prctl: no signal will come
+        kill_tree(me)
+
+
+def end_at(seconds: float) -> None:
+    """This worker's own time limit: after ``seconds`` a timer thread ends its tree with SIGALRM (the
+    runner reads that as a timeout; SIGKILL follows if the benchmark set a SIGALRM handler); one second
+    later the kernel's default SIGALRM ends the worker even while a benchmark holds the GIL."""
+    me = os.getpid()
+
+    def expire() -> None:
+        kill_tree(me, signal.SIGALRM)
+        os.kill(me, signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # an ignored SIGALRM is inherited across exec
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    signal.alarm(math.ceil(seconds) + 1)
+
+
 def main(argv: list[str]) -> int:
     mode = argv[0] if argv else ""
+    if os.environ.get(PARENT_ENV):
+        die_with_parent(int(os.environ[PARENT_ENV]))
+    if os.environ.get(TIMEOUT_ENV):
+        end_at(float(os.environ[TIMEOUT_ENV]) + OWN_TIMEOUT_GRACE)
     if mode == "serve":
         serve_stdio()
         return 0
@@ -378,7 +435,7 @@ def main(argv: list[str]) -> int:
     else:
         print(f"unknown worker mode {mode!r}", file=sys.stderr)
         return 2
-    out.write_text(json.dumps(payload))
+    out.write_text(json.dumps(payload, allow_nan=False))  # strict JSON, as the results document is
     return 0
 
 
