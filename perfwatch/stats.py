@@ -286,3 +286,133 @@ def paired_ratio(
         ratio=math.exp(float(np.median(walsh))), low=low, high=high,
         p_value=wilcoxon_p(log_ratios), confidence=1 - alpha, method="wilcoxon",
     )
+
+
+# --- Rounds of fresh processes: the test at the level that varies ----------------------------
+#
+# Two processes running the same code differ by a few percent (address-space layout, environment
+# size, core, allocator state: Mytkowicz et al., ASPLOS 2009), and samples within one process all
+# share its offset. Pairs within one round cancel drift but not that offset, so the unit of
+# replication is the round: each round gets one log ratio, and the test is over those.
+
+_BETA_EPSILON = 1e-15
+_MAD_TO_SD = 1.4826  # 1 / the normal's 0.75 quantile: MAD x this estimates sd
+_BETA_TINY = 1e-300
+
+
+def _beta_fraction(x: float, a: float, b: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz), for x < (a+1)/(a+b+2)."""
+
+    def guarded(value: float) -> float:
+        return value if abs(value) > _BETA_TINY else _BETA_TINY
+
+    c, d = 1.0, 1.0 / guarded(1.0 - (a + b) * x / (a + 1.0))
+    fraction = d
+    for m in range(1, 1000):
+        even = m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m))
+        d, c = 1.0 / guarded(1.0 + even * d), guarded(1.0 + even / c)
+        fraction *= d * c
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m))
+        d, c = 1.0 / guarded(1.0 + odd * d), guarded(1.0 + odd / c)
+        fraction *= d * c
+        if abs(d * c - 1.0) < _BETA_EPSILON:
+            break
+    return fraction
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function (the CDF of a Beta(a, b) at x)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):  # where the fraction converges fast; else use the symmetry
+        return front * _beta_fraction(x, a, b) / a
+    return 1.0 - front * _beta_fraction(1.0 - x, b, a) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
+    if math.isinf(t):
+        return 0.0
+    return regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile (0.5 <= q < 1) of Student's t, by bisection of t_two_sided_p (monotone)."""
+    if not 0.5 <= q < 1.0:
+        raise ValueError(f"t_quantile takes 0.5 <= q < 1, got {q}")
+    tail = 2.0 * (1.0 - q)
+    low, high = 0.0, 1.0
+    while t_two_sided_p(high, df) > tail:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if t_two_sided_p(middle, df) > tail else (low, middle)
+    return (low + high) / 2.0
+
+
+def hodges_lehmann(values: Sequence[float]) -> float:
+    """Centre of a sample: the median of its Walsh averages (the Wilcoxon signed-rank estimator)."""
+    walsh = [(a + b) / 2.0 for i, a in enumerate(values) for b in values[i:]]
+    return median(walsh)
+
+
+@dataclass(frozen=True)
+class RoundsEstimate(RatioEstimate):
+    """A ratio from rounds of fresh processes: ``round_ratios`` has one candidate/baseline per round;
+    ``between`` is the spread (sd, log scale ~ relative) of the rounds' log ratios and ``within`` that
+    of single pairs inside a round, robustly (1.4826 x MAD: one preempted sample must not set it;
+    nan when no round has two pairs)."""
+
+    round_ratios: tuple[float, ...] = ()
+    between: float = math.nan
+    within: float = math.nan
+
+
+def rounds_ratio(
+    baseline: Sequence[float], candidate: Sequence[float], sizes: Sequence[int], alpha: float = DEFAULT_ALPHA
+) -> RoundsEstimate:
+    """Candidate/baseline from interleaved pairs taken in rounds; ``sizes[r]`` pairs belong to round r, in order.
+
+    Each round's log ratio is the Hodges-Lehmann centre of its pairs; the estimate is their mean
+    with a t-interval on len(sizes) - 1 degrees of freedom, so a per-process offset widens the
+    interval instead of passing as a change. The variance of a round's log ratio is taken as the
+    larger of what the rounds show and what the within-round noise alone implies (the ANOVA
+    estimate of the between-round variance, truncated at zero): rounds that agree by chance
+    cannot make the interval narrower than the pairs allow.
+    """
+    if len(baseline) != len(candidate) or sum(sizes) != len(baseline):
+        raise ValueError(f"rounds of {list(sizes)} pairs need {sum(sizes)} samples per side, "
+                         f"got {len(baseline)} and {len(candidate)}")
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"a test over rounds needs at least 2 rounds of at least 1 pair, got {list(sizes)}")
+    log_ratios = [c - b for b, c in zip(_logs(baseline, "baseline"), _logs(candidate, "candidate"))]
+    starts = [sum(sizes[:r]) for r in range(len(sizes))]
+    groups = [log_ratios[start:start + size] for start, size in zip(starts, sizes)]
+    centres = [hodges_lehmann(group) for group in groups]
+    rounds = len(centres)
+    mean = math.fsum(centres) / rounds
+    between = math.sqrt(math.fsum((c - mean) ** 2 for c in centres) / (rounds - 1))
+    spread_groups = [g for g in groups if len(g) > 1]
+    if spread_groups:
+        mads = [median([abs(x - median(g)) for x in g]) * _MAD_TO_SD for g in spread_groups]
+        pooled = math.fsum((len(g) - 1) * mad**2 for g, mad in zip(spread_groups, mads))
+        within = math.sqrt(pooled / sum(len(g) - 1 for g in spread_groups))
+        within_part = within**2 * sum(1 / s for s in sizes) / rounds  # a round centre's variance from pairs alone
+    else:
+        within, within_part = math.nan, 0.0
+    standard_error = math.sqrt(max(between**2, within_part) / rounds)
+    if standard_error == 0:
+        p, half = (1.0 if mean == 0 else 0.0), 0.0
+    else:
+        p = t_two_sided_p(mean / standard_error, rounds - 1)
+        half = t_quantile(1 - alpha / 2, rounds - 1) * standard_error
+    return RoundsEstimate(
+        ratio=math.exp(mean), low=math.exp(mean - half), high=math.exp(mean + half), p_value=p,
+        confidence=1 - alpha, method="t over rounds", round_ratios=tuple(math.exp(c) for c in centres),
+        between=between, within=within,
+    )

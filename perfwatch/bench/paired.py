@@ -1,13 +1,21 @@
-"""Paired runs: a git ref and the working tree measured interleaved, sample by sample.
+"""Paired runs: a git ref and the working tree measured interleaved, sample by sample, in rounds.
 
 Drift on a shared runner (neighbours' load, clocks, thermals) moves timings by more
 than the regressions CI should catch. Two runs taken minutes apart carry different
 drift; two samples taken back to back carry the same, and it cancels in their ratio
-(compare.py's ``paired=True``). So each benchmark gets one live worker per side
-(``perfwatch.worker serve``), both warmed up and calibrated once, and the two are
-asked for one sample at a time in ABBA order (A B, B A, A B, ...), which cancels
-order effects too. A is the baseline (REF, checked out in a temporary git worktree),
-B the candidate (the working tree).
+(compare.py's ``paired=True``). So a round of a benchmark starts one live worker per
+side (``perfwatch.worker serve``), warms both up, and asks them for one sample at a
+time in ABBA order (A B, B A, A B, ...), which cancels order effects too. A is the
+baseline (REF, checked out in a temporary git worktree), B the candidate (the working tree).
+
+Drift is not the only bias: two processes of the same code differ by a few percent
+(address-space layout, environment size, core, allocator state), and every sample of a
+process shares its offset. So each benchmark is measured in several rounds of fresh
+processes (asv's ``rounds``), the side that goes first alternating between rounds, and
+compare.py tests over the rounds (stats.rounds_ratio): an offset widens the interval
+instead of passing as a change. Each round's workers get an environment of another size,
+so layout effects vary between rounds rather than favouring one side. The calls per
+time_ sample are calibrated once, in the first round, so every sample is the same work.
 
 Each side imports its own code: the baseline's worker runs in the worktree with the
 worktree first on PYTHONPATH. When the project under test is perfwatch itself, that
@@ -38,6 +46,20 @@ from perfwatch.errors import UserError
 from perfwatch.results import BenchResult, RunRecord, new_run_id, utc_now_iso
 
 CLOSE_TIMEOUT = 30.0  # for teardown
+
+# Rounds per benchmark by suite size, unless the benchmark sets ``rounds``. The test over R rounds
+# is a t-interval on R-1 degrees of freedom; its 99% half-width is t(0.995, R-1)/sqrt(R) times the
+# rounds' spread: 5.7 at 3 rounds, 2.9 at 4, 1.65 at 6, 1.03 at 10. With rounds 1-2% apart (what
+# two processes of the same code differ by), 4 rounds can call a 10% change and 6 a 3-5% one;
+# beyond 10 each round buys little. A sign-flip test could not go below p = 2/2^R (0.03 at 6).
+# Each extra round costs a process start (torch imports: ~2 s) and a warm-up per side.
+ROUNDS = {"quick": 4, "ci": 6, "full": 10}
+
+# Each round's workers get this variable, ENV_PAD_STEP bytes longer per round (modulo 4 KiB, a
+# page): the environment sits at the top of the stack, so its size moves the stack's alignment
+# (Mytkowicz et al., ASPLOS 2009: several percent either way).
+ENV_PAD = "PERFWATCH_ENV_PAD"
+ENV_PAD_STEP = 1237
 
 
 @dataclass(frozen=True)
@@ -72,13 +94,15 @@ class WorkerLost(Exception):
 
 
 class LiveWorker:
-    """One ``python -m perfwatch.worker serve`` process of a side, asked one request at a time."""
+    """One ``python -m perfwatch.worker serve`` process of a side, asked one request at a time;
+    ``pad`` (if any) goes into its environment as ENV_PAD."""
 
-    def __init__(self, side: Side):
+    def __init__(self, side: Side, pad: str = ""):
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "perfwatch.worker", "serve"],
-            cwd=side.cwd, env=side.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            cwd=side.cwd, env={**side.env, ENV_PAD: pad} if pad else side.env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             start_new_session=True,  # Ctrl-C reaches perfwatch, which then kills the whole tree
         )
         self._buffer = b""
@@ -178,7 +202,7 @@ def discover_side(side: Side, size: str, pattern: str | None) -> list[Benchmark]
 
 @dataclass
 class Series:
-    """One side of one benchmark being measured: its live worker and its samples so far."""
+    """One side of one benchmark being measured: its live worker (in this round) and its samples so far."""
 
     side: Side
     bench: Benchmark
@@ -186,8 +210,9 @@ class Series:
     status: str = "ok"
     error: str | None = None
     samples: list[float] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # samples per round, in order
     number: int = 1
-    warmup_s: float = 0.0
+    warmup_s: float = 0.0  # over all rounds
     max_samples: int | None = None
     busy_s: float = 0.0  # time spent in this side's requests
 
@@ -206,9 +231,13 @@ class Series:
         self.busy_s += time.perf_counter() - started
         if reply.get("status") == "ok":
             return reply
-        self.status, self.error, self.samples = reply.get("status", "failed"), reply.get("error"), []
+        self.fail(reply)
         self.close()
         return None
+
+    def fail(self, reply: dict[str, Any]) -> None:
+        """End this side with a failure reply's status and error; its samples are dropped."""
+        self.status, self.error, self.samples, self.rounds = reply.get("status", "failed"), reply.get("error"), [], []
 
     def close(self) -> None:
         """Tear the benchmark down (a teardown failure fails this side) and stop the worker."""
@@ -219,7 +248,7 @@ class Series:
             with contextlib.suppress(WorkerLost):
                 done = worker.request({"op": "close"}, CLOSE_TIMEOUT)
                 if done.get("status") != "ok" and self.status == "ok":
-                    self.status, self.error, self.samples = done.get("status", "failed"), done.get("error"), []
+                    self.fail(done)
         worker.stop()
 
     def result(self) -> BenchResult:
@@ -232,53 +261,89 @@ def bench_result(bench: Benchmark, **measured: Any) -> BenchResult:
                        higher_is_better=bench.higher_is_better, **measured)
 
 
-def measure_interleaved(series: list[Series], budget: Budget, timeout: float) -> None:
-    """Open every side, then sample them in ABBA order until the budget is spent.
+def split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` near-equal whole shares, larger first: 10 in 4 -> [3, 3, 2, 2]."""
+    share, extra = divmod(total, parts)
+    return [share + (r < extra) for r in range(parts)]
 
-    A time_ benchmark is calibrated on the first side and the others use its calls per
-    sample, so sample i of each side is the same amount of work.
-    """
+
+def round_count(bench: Benchmark, size: str, budget: Budget) -> int:
+    """The benchmark's ``rounds`` or the suite size's, but no more rounds than it has samples."""
+    wanted = bench.rounds or ROUNDS[size]
+    return max(1, min(wanted, budget.max_repeat))
+
+
+def round_budgets(budget: Budget, rounds: int) -> list[Budget]:
+    """One budget per round that together spend ``budget``'s samples and sampling time (its
+    ``repeat``, or the suite size's); every round warms up in full, being a fresh process."""
+    return [replace(budget, min_repeat=max(1, low), max_repeat=max(1, high), max_time=budget.max_time / rounds)
+            for low, high in zip(split(budget.min_repeat, rounds), split(budget.max_repeat, rounds))]
+
+
+def env_pad(round_index: int) -> str:
+    """The ENV_PAD value of a round: empty in the first, then another length modulo a page."""
+    return "x" * (round_index * ENV_PAD_STEP % 4096)
+
+
+def measure_round(series: list[Series], budget: Budget, timeout: float, number: int | None, pad: str) -> int | None:
+    """One round: a fresh worker per live side, opened in the order given, then sampled in ABBA
+    order until the budget is spent. A time_ benchmark is calibrated on the first side that opens
+    unless ``number`` (its calls per sample) is known; returns that number for the next rounds."""
+    live = [s for s in series if s.status == "ok"]
+    taken_before = [len(s.samples) for s in live]
     try:
-        for s in series:
-            s.worker = LiveWorker(s.side)  # all start at once; their imports overlap
-        number = None
-        for s in series:
+        for s in live:
+            s.worker = LiveWorker(s.side, pad)  # all start at once; their imports overlap
+        for s in live:
             reply = s.ask({"op": "open", "benchmark": s.bench.to_dict(), "budget": asdict(budget),
                            "number": number if s.bench.kind == "time" else None}, timeout)
             if reply is not None:
-                s.number, s.warmup_s, s.max_samples = reply["number"], reply["warmup_s"], reply["max_samples"]
+                s.number, s.max_samples = reply["number"], reply["max_samples"]
+                s.warmup_s += reply["warmup_s"]
                 if s.bench.kind == "time":
                     number = number or s.number
-        live = [s for s in series if s.live]
-        caps = [s.max_samples for s in live if s.max_samples is not None]
+        caps = [s.max_samples for s in live if s.live and s.max_samples is not None]
         if caps:
             budget = replace(budget, min_repeat=min(budget.min_repeat, *caps), max_repeat=min(budget.max_repeat, *caps))
-        budget = replace(budget, max_time=budget.max_time * max(1, len(live)))  # the sides share the clock
-        rounds, start = 0, time.perf_counter()
-        while any(s.live for s in series) and not budget.spent(rounds, time.perf_counter() - start):
-            for s in series if rounds % 2 == 0 else series[::-1]:
+        budget = replace(budget, max_time=budget.max_time * max(1, sum(s.live for s in live)))  # they share the clock
+        pairs, start = 0, time.perf_counter()
+        while any(s.live for s in live) and not budget.spent(pairs, time.perf_counter() - start):
+            for s in live if pairs % 2 == 0 else live[::-1]:
                 if s.live and (reply := s.ask({"op": "sample"}, timeout)) is not None:
                     s.samples.append(reply["sample"])
-            rounds += 1
+            pairs += 1
     except BaseException:  # Ctrl-C or a bug: kill now, a teardown could hang
-        for s in series:
+        for s in live:
             if s.worker is not None:
                 s.worker.stop()
         raise
     finally:
-        for s in series:
+        for s in live:
             s.close()
+    for s, before in zip(live, taken_before):
+        if s.status == "ok":
+            s.rounds.append(len(s.samples) - before)
+    return number
 
 
-def measure_benchmark(sides: dict[str, tuple[Side, Benchmark | None]], lead: Benchmark,
-                      size: str) -> dict[str, BenchResult]:
-    """One benchmark on each side that has it (label -> result), interleaved; ``lead`` sets the budget."""
+def measure_benchmark(sides: dict[str, tuple[Side, Benchmark | None]], lead: Benchmark, size: str,
+                      perturb_env: bool = True) -> dict[str, tuple[BenchResult, list[int]]]:
+    """One benchmark on each side that has it (label -> result and its samples per round), in rounds
+    of fresh workers, the first side alternating; ``lead`` sets the budget. A side measured alone
+    (the other lacks or skips the benchmark) has nothing to pair with and gets one round."""
     present = {label: (side, bench) for label, (side, bench) in sides.items() if bench is not None}
     series = {label: Series(side, bench) for label, (side, bench) in present.items() if not bench.unsupported}
+    order = list(series.values())
     budget, default_timeout = runner.BUDGETS[size]
-    measure_interleaved(list(series.values()), budget.for_benchmark(lead), float(lead.timeout or default_timeout))
-    return {label: series[label].result() if label in series
-            else bench_result(bench, status="skipped", error=bench.unsupported)
+    budget = budget.for_benchmark(lead)
+    rounds, number = round_count(lead, size, budget) if len(order) > 1 else 1, None
+    for index, round_budget in enumerate(round_budgets(budget, rounds)):
+        if not any(s.status == "ok" for s in order):
+            break
+        number = measure_round(order if index % 2 == 0 else order[::-1], round_budget,
+                               float(lead.timeout or default_timeout), number, env_pad(index) if perturb_env else "")
+    return {label: (series[label].result(), series[label].rounds) if label in series
+            else (bench_result(bench, status="skipped", error=bench.unsupported), [])
             for label, (_, bench) in present.items()}
 
 
@@ -290,15 +355,17 @@ def run_against(
     paths: Sequence[Path] = (),
     repo: Path | None = None,
     progress: runner.Progress | None = None,
+    perturb_env: bool = True,
 ) -> tuple[RunRecord, RunRecord]:
-    """Measure ``ref`` (baseline) and the working tree (candidate) interleaved; returns both runs.
+    """Measure ``ref`` (baseline) and the working tree (candidate) interleaved, in rounds; returns both runs.
 
-    Every benchmark found on both sides has equal sample counts on both, and sample i of
-    both ran back to back. A benchmark on one side only is measured alone (compare calls
-    it new or missing). A side that fails keeps its status and one-line error while the
-    other keeps its samples. ``paths`` and ``repo`` (default: the current directory) are as
-    for ``perfwatch run``; ``progress`` gets ("start", bench, None) and ("done", bench, the
-    candidate's result, else the baseline's).
+    Every benchmark found on both sides has equal sample counts on both, sample i of both
+    ran back to back, and both runs' ``env["rounds"]`` maps its name to its samples per
+    round. A benchmark on one side only is measured alone (compare calls it new or missing).
+    A side that fails keeps its status and one-line error while the other keeps its samples.
+    ``paths`` and ``repo`` (default: the current directory) are as for ``perfwatch run``;
+    ``progress`` gets ("start", bench, None) and ("done", bench, the candidate's result, else
+    the baseline's); ``perturb_env`` False keeps every round's environment as it is (ENV_PAD).
     """
     if size not in SIZES:
         raise UserError(f"--suite {size!r}: unknown suite; use one of {', '.join(SIZES)}")
@@ -321,22 +388,25 @@ def run_against(
         if not before and not after:
             raise runner.nothing_selected(size, suite_paths, pattern)
         results: dict[str, list[BenchResult]] = {"baseline": [], "candidate": []}
+        rounds: dict[str, dict[str, list[int]]] = {"baseline": {}, "candidate": {}}
         for name in [*after, *(n for n in before if n not in after)]:
             lead = after.get(name) or before[name]
             if progress:
                 progress("start", lead, None)
             measured = measure_benchmark({"baseline": (baseline, before.get(name)),
-                                          "candidate": (candidate, after.get(name))}, lead, size)
-            for label, result in measured.items():
+                                          "candidate": (candidate, after.get(name))}, lead, size, perturb_env)
+            for label, (result, sizes) in measured.items():
                 results[label].append(result)
+                if sizes:
+                    rounds[label][name] = sizes
             if progress:
-                progress("done", lead, measured.get("candidate") or measured["baseline"])
+                progress("done", lead, (measured.get("candidate") or measured["baseline"])[0])
 
     ids = {"baseline": new_run_id(), "candidate": new_run_id()}
     partner = {"baseline": "candidate", "candidate": "baseline"}
     baseline_run, candidate_run = (
         RunRecord(run_id=ids[label], created=created, suite=size,
-                  env={**envs[label], "paired": True, "paired_with": ids[partner[label]]},
+                  env={**envs[label], "paired": True, "paired_with": ids[partner[label]], "rounds": rounds[label]},
                   benchmarks=results[label])
         for label in ("baseline", "candidate")
     )

@@ -101,6 +101,9 @@ def warn_incomparable(comparison: Comparison) -> None:
     if before and after and before != after:
         warn(f"the baseline is a {before} run and the candidate a {after} run: "
              "benchmarks or parameters that only one size has are reported as new or missing")
+    note = ci_report.single_process_note(comparison)
+    if note:
+        err.print(f"[dim]note:[/] {escape(note)}", soft_wrap=True)
 
 
 def busy_at_start(run: RunRecord) -> str | None:
@@ -226,8 +229,12 @@ def print_progress(event: str, bench: Benchmark, result: BenchResult | None) -> 
 @cli.command()
 @paths_argument
 @click.option("--against", "ref", metavar="REF",
-              help="Paired mode: run git REF (in a worktree) and the working tree interleaved, A B A B ..., "
-                   "and compare sample by sample. Cancels the drift of shared runners.")
+              help="Paired mode: run git REF (in a worktree) and the working tree interleaved, A B B A ..., "
+                   "in rounds of fresh processes, and compare round by round. Cancels the drift of shared "
+                   "runners; a process's own offset becomes spread between rounds.")
+@click.option("--perturb-env/--no-perturb-env", default=True, show_default=True,
+              help="Paired mode: give each round's workers an environment of another size (PERFWATCH_ENV_PAD), "
+                   "so memory-layout effects vary between rounds instead of favouring one side.")
 @click.option("--baseline", "baseline_path", type=click.Path(path_type=Path, dir_okay=False),
               default=DEFAULT_BASELINE, show_default=True, help="Baseline file to compare against without --against.")
 @click.option("--suite", "size", type=click.Choice(SIZES), default="ci", show_default=True, help="Suite size.")
@@ -241,7 +248,7 @@ def print_progress(event: str, bench: Benchmark, result: BenchResult | None) -> 
 @threshold_option
 @results_dir_option
 @click.pass_context
-def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, baseline_path: Path, size: str,
+def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, perturb_env: bool, baseline_path: Path, size: str,
        pattern: str | None, report_dir: Path | None, webhook: str | None, alertmanager: str | None,
        pushgateway: str | None, allow_machine_mismatch: bool, threshold_specs: tuple[str, ...],
        results_dir: Path | None) -> None:
@@ -271,7 +278,7 @@ def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, baseline_pa
 
         warn_if_busy()  # both sides share the load, but it still widens their spread
         baseline_run, candidate = run_against(ref, size, pattern=pattern, paths=tuple(paths) or config.paths,
-                                              progress=print_progress)
+                                              progress=print_progress, perturb_env=perturb_env)
     err.print(f"stored {escape(str(store.save(candidate)))}")
     comparison = compare_against(baseline_run, candidate, thresholds, paired=ref is not None,
                                  allow_machine_mismatch=allow_machine_mismatch)

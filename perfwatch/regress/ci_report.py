@@ -64,6 +64,18 @@ def summary_line(comparison: Comparison) -> str:
     return ", ".join(f"{counts[kind]} {kind}" for kind in VERDICTS if counts.get(kind)) or "no benchmarks"
 
 
+def single_process_note(comparison: Comparison) -> str | None:
+    """What to say when verdicts rest on one process per side (Comparison.single_process), else None."""
+    names = comparison.single_process
+    if not names:
+        return None
+    how = ("give them more rounds (a benchmark's `rounds` and `repeat`)" if comparison.paired
+           else "`perfwatch ci --against REF` measures both sides in rounds of fresh processes")
+    return (f"{len(names)} verdict(s) rest on one process per side: two processes of the same code differ by a "
+            f"few percent (memory layout, environment size, core), which no number of samples inside one "
+            f"averages out, so a change of that size may be the processes'; {how}")
+
+
 def run_line(run: RunRecord) -> str:
     commit = (run.env.get("git_commit") or "no git")[:10] + ("+dirty" if run.env.get("git_dirty") else "")
     return f"{run.run_id} (commit {commit}, {run.created})"
@@ -84,6 +96,9 @@ def markdown(comparison: Comparison) -> str:
         lines += ["> [!WARNING]",
                   f"> Different machines: {md_escape('; '.join(comparison.differences))}. "
                   "Timings may differ for that reason alone.", ""]
+    note = single_process_note(comparison)
+    if note:
+        lines += ["> [!NOTE]", f"> {md_escape(note)}", ""]
     lines += ["| | Benchmark | Baseline | Candidate | Change [CI] | p | Verdict | Reason |",
               "|---|---|--:|--:|--:|--:|---|---|"]
     for v in comparison.verdicts:

@@ -15,6 +15,12 @@ The rules (docs/architecture.md: a regression is over the threshold AND signific
 * unchanged: the whole interval lies within +-threshold, so a change that large is ruled out;
 * too-noisy: anything else. The data cannot tell a change over the threshold from none: the
   interval reaches over the threshold and either includes 0 or includes changes under it.
+  Also when rounds of fresh processes disagree: one round over +threshold, another under -threshold.
+
+Samples of one process share its offset (layout, environment, core: a few percent), so paired
+samples taken in two or more rounds of fresh processes are tested over the rounds
+(stats.rounds_ratio), and the row reports the spread between rounds next to that within them.
+A verdict that rests on one process per side says so in its reason (``rounds`` = 1).
 
 Rows that are not judged: "new" (candidate only), "missing" (baseline only), "failed" (the
 candidate failed or timed out), "insufficient" (too few samples for the test ever to reach alpha,
@@ -59,6 +65,9 @@ class Verdict:
     p_value: float = math.nan
     n_baseline: int = 0
     n_candidate: int = 0
+    rounds: int = 0  # processes per side the verdict rests on (the fewer side's); 0 where not judged
+    spread_between: float = math.nan  # sd of the rounds' log ratios (~ relative), rounds only
+    spread_within: float = math.nan  # sd of single pairs' log ratios within a round, rounds only
 
 
 @dataclass(frozen=True)
@@ -84,19 +93,42 @@ def _percent(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
-def _judge(change: float, low: float, high: float, p: float, threshold: float, alpha: float,
-           confidence: float) -> tuple[str, str]:
+def _evidence(low: float, high: float, p: float, confidence: float) -> str:
+    return f"{confidence:.0%} CI {low:+.1%}..{high:+.1%}, p={p:.2g}"
+
+
+def _judge(change: float, low: float, high: float, p: float, threshold: float, alpha: float, confidence: float,
+           advice: str = "take more samples or compare interleaved runs (paired)") -> tuple[str, str]:
     """Verdict and reason from a direction-normalised change, its interval and p-value."""
     limit = _percent(threshold)
-    evidence = f"{confidence:.0%} CI {low:+.1%}..{high:+.1%}, p={p:.2g}"
+    evidence = _evidence(low, high, p, confidence)
     if p < alpha and low > 0 and change > threshold:
         return "regressed", f"{change:.1%} worse ({evidence}), over the {limit} threshold"
     if p < alpha and high < 0 and change < -threshold:
         return "improved", f"{-change:.1%} better ({evidence}), over the {limit} threshold"
     if -threshold <= low and high <= threshold:
         return "unchanged", f"{change:+.1%} ({evidence}), within +-{limit}"
-    return "too-noisy", (f"{change:+.1%} with {evidence}: cannot tell a change over {limit} from none; "
-                         "take more samples or compare interleaved runs (paired)")
+    return "too-noisy", f"{change:+.1%} with {evidence}: cannot tell a change over {limit} from none; {advice}"
+
+
+def _worse_by(ratio: float, higher_is_better: bool) -> float:
+    """The direction-normalised change of a candidate/baseline ratio: + is worse."""
+    return 1 - ratio if higher_is_better else ratio - 1
+
+
+def _judge_rounds(verdict: str, reason: str, change: float, low: float, high: float,
+                  estimate: stats.RoundsEstimate, sizes: Sequence[int], higher_is_better: bool,
+                  threshold: float) -> tuple[str, str]:
+    """A verdict over rounds: too-noisy when the rounds disagree, and the reason gives both spreads."""
+    changes = [_worse_by(r, higher_is_better) for r in estimate.round_ratios]
+    if verdict != "too-noisy" and min(changes) < -threshold and max(changes) > threshold:
+        verdict = "too-noisy"
+        reason = (f"{change:+.1%} with {_evidence(low, high, estimate.p_value, estimate.confidence)}, but the rounds "
+                  f"disagree: from {min(changes):+.1%} to {max(changes):+.1%}, over +-{_percent(threshold)} both ways")
+    pairs = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+    within = "n/a" if math.isnan(estimate.within) else f"{estimate.within:.1%}"
+    return verdict, (f"{reason}; {len(sizes)} rounds of fresh processes × {pairs} pairs, spread (sd) "
+                     f"{estimate.between:.1%} between rounds, {within} within one")
 
 
 def compare_samples(
@@ -109,8 +141,15 @@ def compare_samples(
     threshold: float = DEFAULT_THRESHOLD,
     alpha: float = DEFAULT_ALPHA,
     paired: bool = False,
+    baseline_rounds: Sequence[int] = (),
+    candidate_rounds: Sequence[int] = (),
 ) -> Verdict:
-    """Judge one benchmark from raw samples; ``paired`` when sample i of both sides ran back to back."""
+    """Judge one benchmark from raw samples; ``paired`` when sample i of both sides ran back to back.
+
+    ``baseline_rounds`` and ``candidate_rounds`` are a side's samples per round of fresh processes,
+    in order; empty means all came from one process (as `perfwatch run` measures). Paired samples
+    of two or more rounds are tested over the rounds; otherwise the reason says "one process per side".
+    """
     row = Verdict(
         name=name, unit=unit, higher_is_better=higher_is_better, verdict="insufficient", reason="",
         threshold=threshold, baseline_median=stats.median(baseline), candidate_median=stats.median(candidate),
@@ -120,23 +159,36 @@ def compare_samples(
     if min(m, n) < MIN_SAMPLES:
         return replace(row, reason=f"{m} baseline and {n} candidate samples; need at least {MIN_SAMPLES} each")
     pairs = paired and m == n
-    best = stats.smallest_p(m, n, paired=pairs)
+    processes = min(len(baseline_rounds) or 1, len(candidate_rounds) or 1)
+    same_rounds = list(baseline_rounds) == list(candidate_rounds) and sum(candidate_rounds) == n
+    by_rounds = pairs and processes > 1 and same_rounds
+    best = 0.0 if by_rounds else stats.smallest_p(m, n, paired=pairs)  # a t-test over rounds can reach any p
     if best >= alpha:
         return replace(row, reason=(f"{m} vs {n} {'pairs' if pairs else 'samples'} can never reach "
                                     f"p < {alpha:g} (best p={best:.2g}); take more samples"))
     try:
-        estimate = (stats.paired_ratio if pairs else stats.unpaired_ratio)(baseline, candidate, alpha)
+        if by_rounds:
+            estimate = stats.rounds_ratio(baseline, candidate, candidate_rounds, alpha)
+        else:
+            estimate = (stats.paired_ratio if pairs else stats.unpaired_ratio)(baseline, candidate, alpha)
     except ValueError as exc:
         return replace(row, reason=str(exc))
-    if higher_is_better:
-        change, low, high = 1 - estimate.ratio, 1 - estimate.high, 1 - estimate.low
+    change = _worse_by(estimate.ratio, higher_is_better)
+    low, high = sorted((_worse_by(estimate.low, higher_is_better), _worse_by(estimate.high, higher_is_better)))
+    if isinstance(estimate, stats.RoundsEstimate):  # by_rounds, as the type checker can see
+        verdict, reason = _judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence,
+                                 advice="give it more rounds or a quieter machine")
+        verdict, reason = _judge_rounds(verdict, reason, change, low, high, estimate, candidate_rounds,
+                                        higher_is_better, threshold)
+        row = replace(row, spread_between=estimate.between, spread_within=estimate.within)
     else:
-        change, low, high = estimate.ratio - 1, estimate.low - 1, estimate.high - 1
-    verdict, reason = _judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence)
+        verdict, reason = _judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence)
+        if processes == 1:
+            reason += "; one process per side"
     if paired and not pairs:
         reason += f"; compared unpaired: {m} vs {n} samples cannot be paired"
     return replace(row, verdict=verdict, reason=reason, ratio=estimate.ratio, change=change,
-                   ci_low=low, ci_high=high, p_value=estimate.p_value)
+                   ci_low=low, ci_high=high, p_value=estimate.p_value, rounds=processes)
 
 
 def compare_benchmark(
@@ -146,8 +198,11 @@ def compare_benchmark(
     threshold: float = DEFAULT_THRESHOLD,
     alpha: float = DEFAULT_ALPHA,
     paired: bool = False,
+    baseline_rounds: Sequence[int] = (),
+    candidate_rounds: Sequence[int] = (),
 ) -> Verdict:
-    """One benchmark of two runs (either may be absent): statuses first, then the samples."""
+    """One benchmark of two runs (either may be absent): statuses first, then the samples
+    (``*_rounds`` as for compare_samples)."""
     shown = candidate or baseline
     if shown is None:
         raise ValueError("compare_benchmark needs a baseline or a candidate result")
@@ -172,7 +227,17 @@ def compare_benchmark(
                                    f"(higher is better: {baseline.higher_is_better} -> {candidate.higher_is_better})")
     return compare_samples(candidate.name, baseline.samples, candidate.samples, unit=candidate.unit,
                            higher_is_better=candidate.higher_is_better, threshold=threshold,
-                           alpha=alpha, paired=paired)
+                           alpha=alpha, paired=paired, baseline_rounds=baseline_rounds,
+                           candidate_rounds=candidate_rounds)
+
+
+def round_sizes(run: RunRecord, name: str) -> list[int]:
+    """A benchmark's samples per round of fresh processes in ``run``, as paired runs keep them in
+    ``env["rounds"]``; [] for one process (how `perfwatch run` measures) or a malformed entry."""
+    sizes = (run.env.get("rounds") or {}).get(name)
+    if isinstance(sizes, list) and sizes and all(type(n) is int and n > 0 for n in sizes):
+        return sizes
+    return []
 
 
 def compare_runs(
@@ -186,7 +251,9 @@ def compare_runs(
     limits = thresholds if isinstance(thresholds, Thresholds) else parse_thresholds(thresholds)
     before = {b.name: b for b in baseline.benchmarks}
     after = {c.name for c in candidate.benchmarks}
-    rows = [compare_benchmark(before.get(c.name), c, threshold=limits.for_name(c.name), alpha=alpha, paired=paired)
+    rows = [compare_benchmark(before.get(c.name), c, threshold=limits.for_name(c.name), alpha=alpha, paired=paired,
+                              baseline_rounds=round_sizes(baseline, c.name),
+                              candidate_rounds=round_sizes(candidate, c.name))
             for c in candidate.benchmarks]
     rows += [compare_benchmark(b, None, threshold=limits.for_name(b.name), alpha=alpha, paired=paired)
              for b in baseline.benchmarks if b.name not in after]
@@ -241,6 +308,11 @@ class Comparison:
     @property
     def summary(self) -> Summary:
         return summarize(self.verdicts)
+
+    @property
+    def single_process(self) -> list[str]:
+        """The benchmarks whose verdict rests on one process per side (a per-process offset passes for a change)."""
+        return [v.name for v in self.verdicts if v.rounds == 1]
 
     def outcome_error(self) -> PerfwatchError | None:
         """The error to exit with: a failed benchmark (3) wins over a regression (1), since the
