@@ -311,6 +311,15 @@ def test_a_store_directory_that_is_a_file_is_refused_before_anything_runs(projec
     assert not (project / "first-ran").exists()
 
 
+def test_ci_refuses_a_report_dir_it_cannot_write_before_anything_runs(project):
+    suite(project)
+    (project / "occupied").write_text("a file")
+    proc = perfwatch(project, "ci", "--against", "HEAD", "--report-dir", "occupied/reports")
+    assert_one_line_error(proc, "occupied/reports: cannot write reports (occupied is a file, not a directory)",
+                          "(--report-dir)")
+    assert not (project / "first-ran").exists()
+
+
 def test_a_results_dir_under_a_file_is_refused_before_anything_runs(project):
     suite(project)
     (project / "occupied").write_text("a file")

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
+from perfwatch.bench import runner
 from perfwatch.config import Config, load_config
 from perfwatch.errors import UserError
 from perfwatch.store import DEFAULT_STORE, RunStore, open_store
@@ -82,3 +84,12 @@ def results_dir_option(command):
                         help="A directory of results documents to store runs in (same as --store DIR).")(command)
 
 
+def prepare_store(store: RunStore, results_dir: Path | None) -> None:
+    """Before a suite runs: the store opens (a database) or takes a file (a directory), and what an
+    earlier killed run left is cleaned up, said in one line; never an error found after the suite."""
+    if store.backend == "directory":
+        runner.check_writable(store.root, setting="results_dir" if results_dir else "store")
+    store.ready()
+    cleaned = runner.clean_leftovers(store)
+    if cleaned:
+        err.print(f"[yellow]note:[/] {escape(cleaned)}", soft_wrap=True)

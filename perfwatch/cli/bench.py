@@ -20,7 +20,7 @@ from rich.table import Table
 from perfwatch import display
 from perfwatch.bench import runner
 from perfwatch.bench.suite import Benchmark
-from perfwatch.cli.app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
+from perfwatch.cli.app import cli, config_of, err, out, paths_argument, prepare_store, results_dir_option, store_of
 from perfwatch.config import SIZES
 from perfwatch.errors import BenchmarkFailed
 from perfwatch.results import BenchResult
@@ -46,11 +46,7 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
     config = config_of(ctx)
     size = size or config.suite
     store = store_of(ctx, results_dir)
-    if store.backend == "directory":  # written to only at the end: prove it writable now
-        runner.check_writable(store.root, setting="results_dir" if results_dir else "store")
-    cleaned = runner.clean_leftovers(store)
-    if cleaned:
-        err.print(f"[yellow]note:[/] {escape(cleaned)}", soft_wrap=True)
+    prepare_store(store, results_dir)
     suite_paths = list(paths) or runner.default_paths(config.paths)
     benchmarks = runner.select(runner.discover(suite_paths, size), size, pattern)
     if not benchmarks:

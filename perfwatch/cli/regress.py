@@ -13,7 +13,7 @@ from rich.table import Table
 from perfwatch import display, stats
 from perfwatch.bench import runner
 from perfwatch.bench.suite import Benchmark
-from perfwatch.cli.app import cli, config_of, err, out, paths_argument, results_dir_option, store_of
+from perfwatch.cli.app import cli, config_of, err, out, paths_argument, prepare_store, results_dir_option, store_of
 from perfwatch.config import SIZES, URL_SCHEMES, AlertSinks
 from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
@@ -22,6 +22,7 @@ from perfwatch.regress.alerts import send_alerts
 from perfwatch.regress.baseline import DEFAULT_BASELINE, describe_run, load_baseline, load_reference, save_baseline
 from perfwatch.regress.compare import Comparison, compare_against, machine_differences, mismatch_error
 from perfwatch.results import BenchResult, RunRecord
+from perfwatch.store.base import RunStore
 from perfwatch.thresholds import ThresholdError, Thresholds, parse_thresholds
 from perfwatch.urls import redact
 
@@ -272,7 +273,10 @@ def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, perturb_env
         differences = machine_differences(baseline_run.env, fingerprint())
         if differences and not allow_machine_mismatch:
             raise mismatch_error(differences)  # before a 15-minute suite, not after
-        candidate = run_here(list(paths) or runner.default_paths(config.paths), size, pattern)
+    prepare_store(store, results_dir)
+    runner.check_writable(report_dir or Path("reports"), what="reports", setting="report_dir")
+    if ref is None:
+        candidate = run_here(list(paths) or runner.default_paths(config.paths), size, pattern, store)
     else:
         from perfwatch.bench.paired import run_against
 
@@ -292,13 +296,13 @@ def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, perturb_env
     finish(comparison)
 
 
-def run_here(suite_paths: list[Path], size: str, pattern: str | None) -> RunRecord:
-    """Run the suite in this tree, one progress line per benchmark."""
+def run_here(suite_paths: list[Path], size: str, pattern: str | None, store: RunStore) -> RunRecord:
+    """Run the suite in this tree, one progress line per benchmark; each result is journaled as it comes."""
     benchmarks = runner.select(runner.discover(suite_paths, size), size, pattern)
     if not benchmarks:
         raise runner.nothing_selected(size, suite_paths, pattern)
     warn_if_busy()
-    return runner.run_suite(benchmarks, size, progress=print_progress)
+    return runner.run_suite(benchmarks, size, progress=print_progress, store=store)
 
 
 def publish(comparison: Comparison, report_dir: Path) -> None:
