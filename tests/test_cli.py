@@ -105,7 +105,7 @@ def test_a_suite_with_a_syntax_error_is_named(project):
         (["run", "no/such/dir"], "no/such/dir: no such file or directory"),
         (["run", "--suite", "huge"], "'huge' is not one of 'quick', 'ci', 'full'"),
         (["run", "--frobnicate"], "No such option '--frobnicate'"),
-        (["run", "--filter", "("], "--filter '(': invalid regular expression"),
+        (["run", "--filter", "("], "filter '(': invalid regular expression"),
         (["run", "--filter", "nothing-matches"], "no benchmarks in the quick suite"),
         (["show", "nope"], ".perfwatch/results: no stored runs yet; run `perfwatch run` first"),
     ],

@@ -368,7 +368,7 @@ def run_against(
     the baseline's); ``perturb_env`` False keeps every round's environment as it is (ENV_PAD).
     """
     if size not in SIZES:
-        raise UserError(f"--suite {size!r}: unknown suite; use one of {', '.join(SIZES)}")
+        raise UserError(f"unknown suite size {size!r}; use one of {', '.join(SIZES)}", setting="size")
     here = (repo or Path.cwd()).resolve()
     root = repository_root(here)
     commit = resolve_commit(root, ref)

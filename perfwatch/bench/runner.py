@@ -198,7 +198,7 @@ def select(benchmarks: list[Benchmark], size: str, pattern: str | None = None) -
         try:
             regex = re.compile(pattern)
         except re.error as exc:
-            raise UserError(f"--filter {pattern!r}: invalid regular expression ({exc})") from None
+            raise UserError(f"filter {pattern!r}: invalid regular expression ({exc})", setting="pattern") from None
         chosen = [b for b in chosen if regex.search(b.name)]
     return chosen
 
@@ -206,7 +206,8 @@ def select(benchmarks: list[Benchmark], size: str, pattern: str | None = None) -
 def nothing_selected(size: str, paths: list[Path], pattern: str | None) -> UserError:
     """The error for a selection that came out empty: where perfwatch looked, and how to see what is there."""
     return UserError(f"no benchmarks in the {size} suite of {', '.join(map(str, paths))}"
-                     + (f" match --filter {pattern!r}" if pattern else "") + "; `perfwatch list` shows them")
+                     + (f" match the filter {pattern!r}" if pattern else "") + "; `perfwatch list` shows them",
+                     setting="pattern" if pattern else None)
 
 
 def failure_reason(outcome: ChildOutcome, timeout: float) -> tuple[str, str]:
@@ -292,7 +293,7 @@ def run_suite(
     journal of one killed outright is stored by the next run's clean_leftovers.
     """
     if size not in SIZES:
-        raise UserError(f"--suite {size!r}: unknown suite; use one of {', '.join(SIZES)}")
+        raise UserError(f"unknown suite size {size!r}; use one of {', '.join(SIZES)}", setting="size")
     run = RunRecord(run_id=new_run_id(), created=utc_now_iso(), suite=size, env=fingerprint(), benchmarks=[])
     results: list[BenchResult] = []
     with scratch() as run_dir:
