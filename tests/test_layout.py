@@ -125,7 +125,8 @@ def _loaded_by(*argv: str) -> set[str]:
     ("-c", "from perfwatch import StepTimer; StepTimer()"),
     ("-m", "perfwatch.worker", "no-such-mode"),
     ("-c", "import perfwatch.pipelines.train"),
-], ids=["StepTimer", "worker", "pipelines"])
+    ("-c", "import perfwatch.monitoring.step_timing"),  # the sitecustomize injected into every launched command
+], ids=["StepTimer", "worker", "pipelines", "step_timing"])
 def test_light_entry_points_load_none_of_the_heavy_packages(argv):
     loaded = _loaded_by(*argv)
     assert "perfwatch" in loaded  # the probe saw the import at all

@@ -17,6 +17,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector as PrometheusCollector
 from perfwatch.gpu import CLOCK_EVENT_REASONS, GpuSample
 from perfwatch.instrument import PHASES, StepRecord
 from perfwatch.monitoring.collector import CPU_MODES, Collector, HostSnapshot, Snapshot, TreeSnapshot
+from perfwatch.monitoring.step_timing import read_published
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +124,8 @@ class TrainingMetrics:
             step_seconds, steps, samples = self._step_seconds, self._steps, self._samples
             phase_seconds = dict(self._phase_seconds)
             last_step_time = self._last_step_time
+        yield from _step_families(self.rank, buckets, step_seconds, steps, samples, phase_seconds, last_step_time)
         rank = [self.rank]
-        cumulative, running = [], 0
-        for bound, count in zip((*map(str, STEP_BUCKETS), "+Inf"), buckets):
-            running += count
-            cumulative.append((bound, running))
-        histogram = HistogramMetricFamily(
-            "perfwatch_train_step_duration_seconds", "Wall time of a training step (StepTimer).", labels=["rank"]
-        )
-        histogram.add_metric(rank, cumulative, sum_value=step_seconds)
-        yield histogram
-        yield _counter("perfwatch_train_phase_seconds_total", "Time spent in each phase of the training steps.",
-                       ["rank", "phase"], (([self.rank, phase], seconds) for phase, seconds in phase_seconds.items()))
-        yield _counter("perfwatch_train_samples_total", "Samples trained on.", ["rank"], [(rank, samples)])
-        yield _counter("perfwatch_train_steps_total", "Training steps completed.", ["rank"], [(rank, steps)])
-        yield _gauge("perfwatch_train_last_step_timestamp_seconds", "Unix time when the last step completed.",
-                     ["rank"], [(rank, last_step_time)])
         yield _gauge("perfwatch_train_loss", "Loss last reported with log().", ["rank"],
                      [(rank, self._read("loss", self._loss))])
         yield _gauge("perfwatch_train_learning_rate", "Learning rate last reported with log().", ["rank"],
@@ -154,6 +142,57 @@ class TrainingMetrics:
                 self._unreadable.add(what)
                 log.warning("perfwatch: the %s given to log() is not a number (%s); it is not exported", what, exc)
             return None
+
+
+def _step_families(rank: str, buckets: Sequence[int], step_seconds: float, steps: int, samples: int,
+                   phase_seconds: Mapping[str, float], last_step_time: float | None) -> Iterator[Metric | None]:
+    """The step families, the same whether a StepTimer in this process or a launched script's
+    injected timing (``PublishedTraining``) counted the steps."""
+    cumulative, running = [], 0
+    for bound, count in zip((*map(str, STEP_BUCKETS), "+Inf"), buckets):
+        running += count
+        cumulative.append((bound, running))
+    histogram = HistogramMetricFamily(
+        "perfwatch_train_step_duration_seconds", "Wall time of a training step (StepTimer).", labels=["rank"]
+    )
+    histogram.add_metric([rank], cumulative, sum_value=step_seconds)
+    yield histogram
+    yield _counter("perfwatch_train_phase_seconds_total", "Time spent in each phase of the training steps.",
+                   ["rank", "phase"], (([rank, phase], seconds) for phase, seconds in phase_seconds.items()))
+    yield _counter("perfwatch_train_samples_total", "Samples trained on.", ["rank"], [([rank], samples)])
+    yield _counter("perfwatch_train_steps_total", "Training steps completed.", ["rank"], [([rank], steps)])
+    yield _gauge("perfwatch_train_last_step_timestamp_seconds", "Unix time when the last step completed.",
+                 ["rank"], [([rank], last_step_time)])
+
+
+class PublishedTraining:
+    """The steps that ``perfwatch monitor``'s launched script published (zero-code step timing,
+    perfwatch.monitoring.step_timing), read at scrape time and summed over its processes.
+    Exported with ``rank`` as for a StepTimer; nothing while nothing is published."""
+
+    def __init__(self, directory: Path, rank: str = "0") -> None:
+        self.directory = directory
+        self.rank = rank
+
+    def published(self) -> list[dict[str, Any]]:
+        return [s for s in read_published(self.directory) if s.get("steps")]
+
+    def families(self) -> Iterator[Metric | None]:
+        summaries = self.published()
+        if not summaries:
+            return
+        buckets = [0] * (len(STEP_BUCKETS) + 1)
+        phase_seconds = dict.fromkeys(PHASES, 0.0)
+        for summary in summaries:
+            if tuple(summary.get("bucket_bounds", ())) == STEP_BUCKETS:
+                buckets = [a + b for a, b in zip(buckets, summary.get("buckets", ()))]
+            for phase, seconds in summary.get("totals", {}).items():
+                if phase in phase_seconds:
+                    phase_seconds[phase] += seconds
+        last = [s["last_step_unix"] for s in summaries if s.get("last_step_unix") is not None]
+        yield from _step_families(self.rank, buckets, sum(s.get("wall", 0.0) for s in summaries),
+                                  sum(s.get("steps", 0) for s in summaries), sum(s.get("samples", 0) for s in summaries),
+                                  phase_seconds, max(last) if last else None)
 
 
 # ---------------------------------------------------------------- snapshots
@@ -329,7 +368,7 @@ class PerfwatchMetrics(PrometheusCollector):
         self,
         collector: Collector | None = None,
         *,
-        training: TrainingMetrics | None = None,
+        training: TrainingMetrics | PublishedTraining | None = None,
         process_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.collector = collector

@@ -12,16 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from perfwatch.errors import UserError
 from perfwatch.instrument import StepTimer
 from perfwatch.launch import ForwardedSignals, exit_code, launch
 from perfwatch.monitoring.collector import Collector
-from perfwatch.monitoring.metrics import PerfwatchMetrics, TrainingMetrics
+from perfwatch.monitoring.metrics import STEP_BUCKETS, PerfwatchMetrics, PublishedTraining, TrainingMetrics
 from perfwatch.monitoring.serve import PUSH_INTERVAL_S, Exporter
+from perfwatch.monitoring.step_timing import STEP_BUCKETS_ENV, STEP_DIR_ENV, install_child_hooks
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,8 @@ def serve(
     SIGTERM are forwarded to it (a terminal's Ctrl-C already reaches it). With ``pid``:
     0 once that process exits. Neither: host only, until SIGINT or SIGTERM (then 0).
     Call from the main thread (it installs signal handlers). ``say`` gets status lines.
+    A launched command's steps are timed without code changes (monitoring.step_timing) and
+    exported as ``perfwatch_train_*``; when none were measured, ``say`` tells so at its end.
     """
     if pid is not None and command:
         raise UserError("give a PID to watch or a command to launch, not both", setting="pid")
@@ -145,14 +150,20 @@ def serve(
     say(f"serving metrics on {exporter.server.url}")
     if exporter.pusher is not None:
         say(f"pushing metrics to {exporter.pusher.gateway} every {PUSH_INTERVAL_S:g} s")
+    scratch = tempfile.TemporaryDirectory(prefix="perfwatch-monitor-") if command else None
     try:
         with ForwardedSignals() as signals:
             if command:
-                signals.child = child = launch(command)
+                signals.child = child = launch(command, _timed_env(Path(scratch.name)))
+                metrics.training = PublishedTraining(Path(scratch.name) / "steps")
                 metrics.collector = collector = Collector(child.pid, interval=interval, uss_interval=uss_interval)
             collector.start()
             if command:
-                return exit_code(child.wait())
+                code = exit_code(child.wait())
+                if not metrics.training.published():
+                    say("no training steps were measured (no torch DataLoader or optimizer step on the command's "
+                        "main thread, or it times itself with perfwatch), so no perfwatch_train_* series here")
+                return code
             while signals.received is None and not exited.wait(WAKE_S):
                 pass
             if exited.is_set():
@@ -162,3 +173,15 @@ def serve(
         if collector is not None:
             collector.stop()
         exporter.close()
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _timed_env(scratch: Path) -> dict[str, str]:
+    """The launched command's environment: the zero-code step timing publishes into ``scratch/steps``."""
+    env = dict(os.environ)
+    (scratch / "steps").mkdir()
+    install_child_hooks(scratch / "hooks", env)
+    env[STEP_DIR_ENV] = str(scratch / "steps")
+    env[STEP_BUCKETS_ENV] = ",".join(map(str, STEP_BUCKETS))
+    return env

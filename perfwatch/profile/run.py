@@ -52,16 +52,22 @@ from typing import Any
 
 from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
-from perfwatch.profile.channel import PROFILE_DIR_ENV
 from perfwatch.launch import CommandTree, ForwardedSignals, adopting_orphans, describe, exit_code, launch
 from perfwatch.monitoring.collector import Collector
 from perfwatch.pages import prepare_out_dir
 from perfwatch.profile import diagnose as dx
 from perfwatch.profile.attribution import attribute
-from perfwatch.profile.channel import read_timer_summaries
+from perfwatch.profile.channel import PROFILE_DIR_ENV, read_timer_summaries
 from perfwatch.profile.page import write_report
-from perfwatch.profile.pyspy import (DEFAULT_RATE, STOP_GRACE_S, PySpyRecorder, find_pyspy, install_dirs, may_trace,
-                                     missing_warning)
+from perfwatch.profile.pyspy import (
+    DEFAULT_RATE,
+    STOP_GRACE_S,
+    PySpyRecorder,
+    find_pyspy,
+    install_dirs,
+    may_trace,
+    missing_warning,
+)
 from perfwatch.profile.rows import busy_threads, collector_row, intra_op_threads, thread_cpu
 from perfwatch.profile.torch_hook import TORCH_PROFILER_DEFAULT_S, install_hook
 
@@ -132,12 +138,18 @@ def check_command(command: Sequence[str]) -> None:
 
 
 def _command_env(out: Path, options: ProfileOptions) -> dict[str, str]:
-    """The command's environment: where StepTimers publish, and the torch.profiler hook if asked."""
+    """The command's environment: where StepTimers publish, the zero-code step timing (exact
+    steps and data wait of a script without a StepTimer) and the torch.profiler hook if asked."""
+    from perfwatch.monitoring.step_timing import STEP_DIR_ENV, install_child_hooks
+
     timers = out / "steptimer"
     timers.mkdir(exist_ok=True)
     env = {**os.environ, PROFILE_DIR_ENV: str(timers)}
+    env.pop(STEP_DIR_ENV, None)  # a profile inside `perfwatch monitor` publishes here, not to the monitor
     if options.torch_profiler:
         install_hook(out / ".hooks", env, options.duration or TORCH_PROFILER_DEFAULT_S)
+    else:
+        install_child_hooks(out / ".hooks", env)
     return env
 
 

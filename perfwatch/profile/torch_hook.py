@@ -1,8 +1,9 @@
 """``--torch-profiler``: a sitecustomize that starts torch.profiler inside the profiled command.
 
-The hook is a string written into a directory put first on the command's PYTHONPATH; it
-imports :func:`torch_profiler_child_hook` from this module by its full name, so that name
-is a contract with the child process.
+The hook is the child hooks' sitecustomize (perfwatch.monitoring.step_timing), put first on
+the command's PYTHONPATH; when ``$PERFWATCH_TORCH_PROFILER_SECONDS`` is set it imports
+:func:`torch_profiler_child_hook` from this module by its full name, so that name is a
+contract with the child process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perfwatch.monitoring.step_timing import install_child_hooks
 from perfwatch.profile.channel import PROFILE_DIR_ENV
 from perfwatch.store import write_atomic
 
@@ -23,26 +25,6 @@ TORCH_PROFILER_ENV = "PERFWATCH_TORCH_PROFILER_SECONDS"
 TORCH_PROFILER_DEFAULT_S = 30.0  # without --duration, torch.profiler records this long
 
 
-_HOOK = """\
-# Written by `perfwatch profile --torch-profiler`: start torch.profiler in the profiled
-# command, then hand over to the environment's own sitecustomize, if any.
-import os, sys
-try:
-    from perfwatch.profile.torch_hook import torch_profiler_child_hook
-except ImportError:
-    pass
-else:
-    torch_profiler_child_hook()
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-_this = sys.modules.pop("sitecustomize")
-try:
-    import sitecustomize  # noqa: F401
-except ImportError:
-    pass
-finally:
-    sys.modules["sitecustomize"] = _this  # the import that runs this file expects to find it
-"""
 
 
 def torch_profiler_child_hook() -> None:
@@ -92,7 +74,5 @@ def torch_profiler_child_hook() -> None:
 def install_hook(directory: Path, env: dict[str, str], seconds: float) -> None:
     """Make the command that gets ``env`` run torch.profiler for its first ``seconds``: the hook
     goes into ``directory`` (removed with the profile's other scratch files) put first on PYTHONPATH."""
-    directory.mkdir(exist_ok=True)
-    (directory / "sitecustomize.py").write_text(_HOOK)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
+    install_child_hooks(directory, env)
     env[TORCH_PROFILER_ENV] = str(seconds)

@@ -1,0 +1,162 @@
+"""Zero-code step timing: an unmodified training script, run by ``perfwatch monitor``, gets exact
+steps, step time and data wait as ``perfwatch_train_*`` series, without a StepTimer.
+
+The unit-ish tests run a real tiny torch loop (tests/zoo-like, written here) in a child
+process under the injected sitecustomize and read what it published; the last runs the
+real ``perfwatch monitor -- python train.py`` scraped by a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from grafana_dashboards import prometheus_config
+from helpers import run_perfwatch
+from servers import Prometheus, free_port
+
+from perfwatch.monitoring.metrics import STEP_BUCKETS
+from perfwatch.monitoring.step_timing import ENABLE_ENV, STEP_BUCKETS_ENV, STEP_DIR_ENV, install_child_hooks
+
+# An unmodified script: a DataLoader whose dataset sleeps 4 ms per batch of 8, SGD, and options
+# for gradient accumulation (--accumulate N), a second optimizer (--two-optimizers) and
+# perfwatch's own StepTimer (--steptimer). It prints its final loss, exactly.
+TRAIN = textwrap.dedent("""\
+    import argparse, time
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=0.0)
+    parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--two-optimizers", action="store_true")
+    parser.add_argument("--steptimer", action="store_true")
+    args = parser.parse_args()
+
+    class Slow(Dataset):
+        def __len__(self):
+            return 64
+        def __getitem__(self, i):
+            if i % 8 == 0:
+                time.sleep(0.004)
+            g = torch.Generator().manual_seed(i)
+            return torch.randn(4, generator=g), torch.randn(1, generator=g)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    groups = [model[0].parameters(), model[2].parameters()] if args.two_optimizers else [model.parameters()]
+    optimizers = [torch.optim.SGD(params, lr=0.05) for params in groups]
+    loader = DataLoader(Slow(), batch_size=8)
+    if args.steptimer:
+        from perfwatch import StepTimer
+        loader = StepTimer().iter(loader)
+    deadline = time.time() + args.seconds
+    while True:
+        for i, (x, y) in enumerate(loader):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            if (i + 1) % args.accumulate == 0:
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad()
+        if time.time() >= deadline:
+            break
+    print(repr(float(torch.nn.functional.mse_loss(model(torch.ones(2, 4)), torch.zeros(2, 1)).detach())))
+""")
+
+
+@pytest.fixture
+def train(tmp_path: Path) -> Path:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    return script
+
+
+def run_timed(script: Path, tmp_path: Path, *args: str, enabled: bool = True) -> tuple[str, list[dict]]:
+    """Run ``script`` under the child hooks as ``perfwatch monitor`` does; its stdout and what it published."""
+    steps = tmp_path / "steps"
+    steps.mkdir(exist_ok=True)
+    env = {**os.environ, STEP_DIR_ENV: str(steps), STEP_BUCKETS_ENV: ",".join(map(str, STEP_BUCKETS))}
+    install_child_hooks(tmp_path / "hooks", env)
+    env[ENABLE_ENV] = "1" if enabled else "0"
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "perfwatch" not in done.stderr  # no warning: the timing did not step aside
+    return done.stdout, [json.loads(p.read_text()) for p in sorted(steps.glob("steptimer-*.json"))]
+
+
+def test_each_optimizer_step_is_a_step_and_the_loaders_next_is_its_data_wait(train, tmp_path):
+    _, [summary] = run_timed(train, tmp_path)
+    assert (summary["steps"], summary["samples"]) == (8, 64)
+    # 8 batches, each waiting >= 4 ms in the dataset: data wait is measured, not estimated
+    assert summary["totals"]["data_wait"] >= 8 * 0.004
+    assert summary["totals"]["optimizer"] > 0
+    assert sum(summary["buckets"]) == 8 and summary["last_step_unix"] is not None
+
+
+def test_gradient_accumulation_makes_one_step_of_several_batches(train, tmp_path):
+    _, [summary] = run_timed(train, tmp_path, "--accumulate", "4")
+    assert (summary["steps"], summary["samples"]) == (2, 64)
+    assert summary["totals"]["data_wait"] >= 8 * 0.004
+
+
+def test_two_optimizers_stepping_in_one_iteration_make_one_step(train, tmp_path):
+    _, [summary] = run_timed(train, tmp_path, "--two-optimizers")
+    assert summary["steps"] == 8
+
+
+def test_the_injected_timing_does_not_change_what_the_script_computes(train, tmp_path):
+    (tmp_path / "timed").mkdir()
+    (tmp_path / "untimed").mkdir()
+    timed, _ = run_timed(train, tmp_path / "timed", "--accumulate", "2")
+    untimed, published = run_timed(train, tmp_path / "untimed", "--accumulate", "2", enabled=False)
+    assert published == []
+    assert timed == untimed
+
+
+def test_a_script_with_its_own_steptimer_is_not_timed_twice(train, tmp_path):
+    _, published = run_timed(train, tmp_path, "--steptimer")
+    assert published == []
+
+
+def test_profile_gets_exact_steps_and_data_wait_of_an_unmodified_script(train, tmp_path):
+    out = tmp_path / "out"
+    done = run_perfwatch("profile", "--no-pyspy", "--out", str(out), "--", sys.executable, str(train),
+                         "--accumulate", "2", cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["steptimer"]["steps"] == 4 and report["steptimer"]["samples"] == 64
+    assert report["steptimer"]["totals"]["data_wait"] >= 8 * 0.004
+
+
+@pytest.mark.slow
+def test_monitor_exports_steps_step_time_and_data_wait_of_an_unmodified_script_to_prometheus(train, tmp_path):
+    port = free_port()
+    with Prometheus(tmp_path / "prometheus", prometheus_config([f"127.0.0.1:{port}"])) as prometheus:
+        done = run_perfwatch("monitor", "--port", str(port), "--", sys.executable, str(train), "--seconds", "12",
+                             cwd=tmp_path, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert "no training steps were measured" not in done.stderr
+
+        def peak(expr: str) -> float:
+            series = prometheus.query(f"max_over_time(({expr})[2m:1s])")
+            assert series, f"Prometheus has no {expr}"
+            return float(series[0]["value"][1])
+
+        assert peak("perfwatch_train_steps_total") >= 8
+        assert peak("perfwatch_train_step_duration_seconds_count") == peak("perfwatch_train_steps_total")
+        assert peak("perfwatch_train_step_duration_seconds_sum") > 0
+        assert peak('perfwatch_train_phase_seconds_total{phase="data_wait"}') > 0
+        assert peak("perfwatch_train_samples_total") == 8 * peak("perfwatch_train_steps_total")
+        assert peak("perfwatch_train_last_step_timestamp_seconds") > 0
+
+
+def test_monitor_says_so_when_a_script_has_no_steps_to_measure(tmp_path):
+    done = run_perfwatch("monitor", "--port", "0", "--", sys.executable, "-c", "import torch", cwd=tmp_path,
+                         timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no training steps were measured") == 1
