@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from perfwatch.profile.channel import PROFILE_DIR_ENV
+from perfwatch.channel import PROFILE_DIR_ENV
 from perfwatch.stats import quantile
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class StepTimer:
         """Under ``perfwatch profile``, hand it this timer's exact phase totals (no code change
         needed in the script); a failure here must never reach the training loop."""
         try:
-            from perfwatch.profile.channel import publish_timer  # only under `perfwatch profile`
+            from perfwatch.channel import publish_timer  # only under `perfwatch profile`
 
             publish_timer(self)
         except Exception:

@@ -14,14 +14,13 @@ import perfwatch
 
 PACKAGE = Path(perfwatch.__file__).parent
 CORE = {"errors", "config", "env", "gpu", "stats", "results", "store", "thresholds", "instrument", "launch",
-        "pages", "figures", "display", "paths", "urls", "assets", "proctree", "worker", "__main__"}
+        "pages", "figures", "display", "paths", "urls", "assets", "proctree", "channel", "worker",
+        "__main__"}
 WINGS = {"bench", "regress", "monitoring", "profile", "tune", "pipelines", "cli"}
 # (importer's wing, imported wing) pairs the map allows; the CLI may import anything.
 WING_EDGES = {("regress", "bench"), ("profile", "monitoring"), ("tune", "pipelines")}
-# The one core -> wing edge: a StepTimer under `perfwatch profile` (PERFWATCH_PROFILE_DIR set) loads the
-# channel that publishes its totals, lazily; the channel imports nothing back.
-CORE_EDGES = {("perfwatch.instrument", "perfwatch.profile.channel"),
-              ("perfwatch.worker", "perfwatch.bench.worker"),
+# The core -> wing edges: the two entry points that other code reaches by name.
+CORE_EDGES = {("perfwatch.worker", "perfwatch.bench.worker"),
               ("perfwatch.__main__", "perfwatch.cli")}
 HEAVY = ("prometheus_client", "psutil", "matplotlib", "pandas", "rich", "click", "pyarrow")
 

@@ -194,7 +194,7 @@ def test_profile_writes_html_markdown_and_figures_it_lists_as_artifacts(profiled
     for figure in ("breakdown.png", "timeline.png", "workers.png", "flamegraph.svg"):
         assert f"]({figure})" in markdown
     assert f"**Primary bottleneck: {report['bottleneck']['primary']}**" in markdown
-    assert "no StepTimer in the script, so no throughput" in markdown
+    assert "throughput is the StepTimer's mean over its steps" in markdown  # the injected timing counts the steps
     page = (profiled / "report.html").read_text()
     assert page.count("<img ") == 3 and page.count("<svg ") == 1  # the flame graph inline, for its tooltips
     for rec in report["recommendations"]:

@@ -29,6 +29,7 @@ from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
+from perfwatch.channel import INJECTED_SOURCE, publish_timer
 from perfwatch.store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ class _StepTiming:
 
         self.batch_size = _batch_size  # as StepTimer.iter() counts a batch's samples
         self.timer = StepTimer()  # under `perfwatch profile` it publishes itself, as any StepTimer
+        publish_timer(self.timer, source=INJECTED_SOURCE)  # ... marked as perfwatch's own timing
         if self.directory:  # under `perfwatch monitor`
             raw = os.environ.get(STEP_BUCKETS_ENV, "")
             self.bounds = tuple(float(b) for b in raw.split(",") if b)
@@ -263,7 +265,7 @@ class _StepTiming:
             self._publish()
 
     def _publish(self) -> None:
-        summary = {**self.timer.summary(), "source": "perfwatch-injected", "bucket_bounds": list(self.bounds),
+        summary = {**self.timer.summary(), "source": INJECTED_SOURCE, "bucket_bounds": list(self.bounds),
                    "buckets": list(self.buckets), "last_step_unix": self.last_step_unix}
         write_atomic(self.path, json.dumps(summary))
 

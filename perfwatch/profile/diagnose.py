@@ -259,6 +259,18 @@ def _normalized(counts: dict[str, float]) -> dict[str, float]:
     return {phase: counts.get(phase, 0) / total for phase in PHASES} if total > 0 else {}
 
 
+def _split_by_stacks(exact: dict[str, float], stack_counts: dict[str, float]) -> dict[str, float]:
+    """Exact data-wait and optimizer shares (injected timing), the rest of the step split among the
+    other phases as py-spy's samples split it: each source where it is the better one."""
+    measured = ("data_loading", "optimizer")
+    rest = 1.0 - sum(exact.get(p, 0.0) for p in measured)
+    others = {p: c for p, c in stack_counts.items() if p not in measured and c > 0}
+    total = sum(others.values())
+    if total <= 0:
+        return exact
+    return {p: exact.get(p, 0.0) if p in measured else rest * others.get(p, 0) / total for p in PHASES}
+
+
 def phase_shares(m: Measurements) -> tuple[dict[str, float], str, int]:
     """(share of wall time per phase, source, observations): the best source available."""
     timer = m.steptimer
@@ -267,7 +279,10 @@ def phase_shares(m: Measurements) -> tuple[dict[str, float], str, int]:
         for name, value in timer["totals"].items():
             phase = STEPTIMER_PHASES.get(name, "other")
             seconds[phase] = seconds.get(phase, 0.0) + value
-        return _normalized(seconds), "steptimer", int(timer["steps"])
+        shares = _normalized(seconds)
+        if timer.get("injected") and m.stacks is not None and m.stacks.total >= MIN_STACK_SAMPLES:
+            shares = _split_by_stacks(shares, m.stacks.phases)
+        return shares, "steptimer", int(timer["steps"])
     if m.stacks is not None and m.stacks.total >= MIN_STACK_SAMPLES:
         return _normalized(m.stacks.phases), "pyspy", m.stacks.total
     return {}, "collector", 0

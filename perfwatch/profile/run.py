@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from perfwatch.channel import PROFILE_DIR_ENV, read_timer_summaries
 from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
 from perfwatch.launch import CommandTree, ForwardedSignals, adopting_orphans, describe, exit_code, launch
@@ -57,7 +58,6 @@ from perfwatch.monitoring.collector import Collector
 from perfwatch.pages import prepare_out_dir
 from perfwatch.profile import diagnose as dx
 from perfwatch.profile.attribution import attribute
-from perfwatch.profile.channel import PROFILE_DIR_ENV, read_timer_summaries
 from perfwatch.profile.page import write_report
 from perfwatch.profile.pyspy import (
     DEFAULT_RATE,

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perfwatch.channel import PROFILE_DIR_ENV
 from perfwatch.monitoring.step_timing import install_child_hooks
-from perfwatch.profile.channel import PROFILE_DIR_ENV
 from perfwatch.store import write_atomic
 
 TORCH_PROFILER_ENV = "PERFWATCH_TORCH_PROFILER_SECONDS"

@@ -21,6 +21,7 @@ from perfwatch.store import write_atomic
 
 PROFILE_DIR_ENV = "PERFWATCH_PROFILE_DIR"  # set by `perfwatch profile` for the processes it runs
 PUBLISH_EVERY_S = 10.0
+INJECTED_SOURCE = "perfwatch-injected"  # the "source" of a summary the injected step timing publishes
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,11 @@ _timer_serial = itertools.count()
 
 # id(timer) -> its file. Safe as a key: the atexit hook keeps every published timer alive, so no id is reused.
 _published: dict[int, Path] = {}
+_sources: dict[int, str] = {}  # id(timer) -> who timed it, when not the script itself
 
 
 def publish_timer(timer: Any, directory: str | os.PathLike | None = None, every: float = PUBLISH_EVERY_S,
-                  clock: Callable[[], float] = time.monotonic) -> Path | None:
+                  clock: Callable[[], float] = time.monotonic, source: str | None = None) -> Path | None:
     """Let ``perfwatch profile`` use ``timer``'s exact phase totals instead of estimating them from stacks.
 
     Writes ``timer.summary()`` as JSON into ``directory`` (default ``$PERFWATCH_PROFILE_DIR``;
@@ -41,8 +43,11 @@ def publish_timer(timer: Any, directory: str | os.PathLike | None = None, every:
     step listener that reads the clock once per step, at most every ``every`` seconds, so a
     run stopped by ``--duration`` still leaves recent totals. Returns the file it writes.
     A StepTimer calls this itself when ``$PERFWATCH_PROFILE_DIR`` is set; another call for
-    the same timer returns the same file, so its steps are never counted twice.
+    the same timer returns the same file, so its steps are never counted twice. ``source``
+    (e.g. ``INJECTED_SOURCE``) is written with the totals when the script did not time itself.
     """
+    if source is not None:
+        _sources[id(timer)] = source
     if id(timer) in _published:  # the StepTimer publishes itself under `perfwatch profile`: never count it twice
         return _published[id(timer)]
     directory = directory if directory is not None else os.environ.get(PROFILE_DIR_ENV)
@@ -53,7 +58,8 @@ def publish_timer(timer: Any, directory: str | os.PathLike | None = None, every:
 
     def write() -> None:
         try:
-            write_atomic(path, json.dumps(timer.summary()))
+            summary = timer.summary()
+            write_atomic(path, json.dumps({**summary, "source": _sources[id(timer)]} if id(timer) in _sources else summary))
         except Exception:  # the training must go on whatever happens to the profile directory
             log.debug("perfwatch: could not publish StepTimer totals to %s", path, exc_info=True)
 
@@ -85,4 +91,7 @@ def read_timer_summaries(directory: Path, pid: int | None) -> dict[str, Any] | N
         totals.update(summary.get("totals", {}))
     return {"timers": len(summaries), "steps": sum(s.get("steps", 0) for s in summaries),
             "samples": sum(s.get("samples", 0) for s in summaries), "wall": sum(s.get("wall", 0.0) for s in summaries),
-            "totals": dict(totals), "device": summaries[0].get("device"), "mode": summaries[0].get("mode")}
+            "totals": dict(totals), "device": summaries[0].get("device"), "mode": summaries[0].get("mode"),
+            # perfwatch's own timing injected into an unmodified script measures data wait and the
+            # optimizer exactly but nothing else: the rest of its step is "other"
+            "injected": all(s.get("source") == INJECTED_SOURCE for s in summaries)}
