@@ -68,7 +68,8 @@ def test_run_by_absolute_path_without_its_bin_on_path_it_finds_pyspy_and_the_bot
     assert console(result, "py-spy") == []
     assert report["pyspy"]["status"] == "ok" and report["pyspy"]["executable"] == PYSPY
     b = report["bottleneck"]
-    assert b["primary"] == "data_loading" and b["source"] == "pyspy", b
+    assert b["primary"] == "data_loading", b  # the injected step timing measures the wait exactly...
+    assert sum(report["measurements"]["stacks"]["phases"].values()) > 0  # ... and py-spy gives the cause
     assert next(f for f in report["findings"] if f["id"] == "input_bound")["evidence"]["cause"] == "storage"
     assert "py-spy not found" not in (out / "report.md").read_text()
 
