@@ -170,6 +170,15 @@ def test_inline_cpu_bound_loading_recommends_workers_with_an_amdahl_bound_capped
     assert rec["expected_gain"]["speedup_at_most"] == 2.0  # Amdahl 5x, but 2 cores / 1 core in use
 
 
+def test_inline_native_decoding_that_releases_the_gil_is_cpu_bound_by_the_process_cpu_not_storage():
+    # JPEG decoding in PIL with num_workers=0: the GIL is rarely held, but the process uses 1.41
+    # cores with 0.1% iowait, which contradicts storage; the advice is capped by the cores.
+    report = run({"data_loading": 660, "forward": 340}, gil={"data_loading": 0.08},
+                 res=resources(cores=2, main_cpu_cores=1.41, host_iowait_ratio=0.001))
+    assert finding(report, "input_bound")["evidence"]["cause"] == "inline_cpu"
+    assert recommendation(report, "num_workers")["knobs"]["num_workers"] == 1  # cores - 1, not 2
+
+
 def test_inline_loading_that_releases_the_gil_is_blocked_storage_and_is_not_capped_by_cores():
     report = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05},
                  res=resources(cores=2, main_cpu_cores=0.3))

@@ -63,6 +63,9 @@ WORKER_BLOCKED_CORES = 0.5
 GIL_CPU_BOUND = 0.5
 GIL_CONTENTION_OTHERS = 0.2
 IOWAIT_STORAGE = 0.10
+# Loading in the training process (num_workers=0) that keeps it this busy, with little iowait, is
+# CPU-bound even when the GIL is released: native decoders (PIL, torchvision.io) release it.
+INLINE_CPU_BOUND_CORES = 0.7
 IO_WORKERS_PER_CORE = 4  # workers blocked on storage need no core each; past this, memory is the limit
 MEMORY_AVAILABLE_HIGH = 0.05  # severity high below 5% available, moderate below 10%
 MEMORY_AVAILABLE_MODERATE = 0.10
@@ -444,9 +447,15 @@ def _input_cause(d: _Diagnosis, workers: int, per_worker: float | None) -> tuple
                         worker_read_bytes_per_second=r.worker_read_bytes_per_second)
     if workers == 0:
         gil = stacks.gil.get("data_loading") if stacks else None
+        busy = r.main_cpu_cores if r is not None else None
+        iowait = r.host_iowait_ratio if r is not None else None
+        evidence.update(main_cpu_cores=busy)
+        if gil is not None:
+            evidence["data_loading_gil_share"] = gil
+        if busy is not None and busy >= INLINE_CPU_BOUND_CORES and (iowait or 0.0) < IOWAIT_STORAGE:
+            return "inline_cpu", evidence  # busy and not waiting on storage: whatever holds the GIL
         if gil is None:
             return "inline", evidence
-        evidence["data_loading_gil_share"] = gil
         return ("inline_cpu" if gil >= GIL_CPU_BOUND else "inline_blocked"), evidence
     evidence["cores_per_worker"] = per_worker
     if stacks is not None and stacks.workers:
