@@ -91,12 +91,17 @@ def running(command: list[str]) -> Iterator[subprocess.Popen]:
             sys.exit(f"{command[:4]} did not start")
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            kill_tree(process.pid)
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then its whole tree killed if it lingers."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        process.wait()
 
 
 def scrape(url: str) -> bytes:
