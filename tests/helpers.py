@@ -337,3 +337,15 @@ class StandInNvml:
 
     def nvmlEventSetFree(self, event_set):
         self.calls["event_set_free"] += 1
+
+
+def measured_project(project: Path, suite: str, settings: str | None = None) -> Path:
+    """``project`` with ``suite`` as suites/tiny.py (and ``settings`` as perfwatch.toml), one stored
+    ci run of it and that run saved as the baseline: what `perfwatch ci` compares against."""
+    write_suite(project / "suites", "tiny.py", suite)
+    if settings is not None:
+        (project / "perfwatch.toml").write_text(settings)
+    for args in (("run", "--suite", "ci"), ("baseline", "save")):
+        proc = run_perfwatch(*args, cwd=project)
+        assert proc.returncode == 0, proc.stderr
+    return project

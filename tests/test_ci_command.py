@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import MACHINE, NOISY, STEADY, assert_one_line_error, bench, run_perfwatch, scaled, write_suite
+from helpers import (
+    MACHINE,
+    NOISY,
+    STEADY,
+    assert_one_line_error,
+    bench,
+    measured_project,
+    run_perfwatch,
+    scaled,
+    write_suite,
+)
 from servers import free_port
 
 from perfwatch.cli import cli
@@ -99,13 +109,8 @@ def test_report_json_is_strict_json():
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> Path:
     """A project with the tiny suite, one stored ci run of it and that run saved as the baseline."""
-    project = tmp_path_factory.mktemp("measured")
-    write_suite(project / "suites", "tiny.py", SUITE)
-    (project / "perfwatch.toml").write_text('store = ".perfwatch/results"  # runs committed as JSON documents\n')
-    for args in (("run", "--suite", "ci"), ("baseline", "save")):
-        proc = run_perfwatch(*args, cwd=project)
-        assert proc.returncode == 0, proc.stderr
-    return project
+    return measured_project(tmp_path_factory.mktemp("measured"), SUITE,
+                            settings='store = ".perfwatch/results"  # runs committed as JSON documents\n')
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import run_perfwatch, write_suite
+from helpers import measured_project, run_perfwatch
 from servers import Alertmanager, Pushgateway, free_port
 
 from perfwatch.urls import redact, scrub, split_credentials
@@ -168,12 +168,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> Path:
-    project = tmp_path_factory.mktemp("measured")
-    write_suite(project / "suites", "tiny.py", SUITE)
-    for args in (("run", "--suite", "ci"), ("baseline", "save")):
-        proc = run_perfwatch(*args, cwd=project)
-        assert proc.returncode == 0, proc.stderr
-    return project
+    return measured_project(tmp_path_factory.mktemp("measured"), SUITE)
 
 
 @pytest.fixture
