@@ -271,6 +271,9 @@ def test_the_example_workflow_runs_real_ci_options():
     assert {s["if"] for s in steps if s.get("run", "").startswith("perfwatch ci")} == {
         "github.event_name == 'pull_request'", "github.event_name == 'push'"}
     assert ["perfwatch", "ci", "--against", "origin/main"] in commands
+    # pushes are paired too: one unpaired comparison on a shared runner is not a sound gate
+    assert ["perfwatch", "ci", "--against", "HEAD^"] in commands
+    assert not any("--baseline" in c or "--allow-machine-mismatch" in c for c in commands)
     help_text = run_perfwatch("ci", "--help", cwd=REPO).stdout
     for command in commands:
         assert all(arg in help_text for arg in command[2:] if arg.startswith("--")), command
