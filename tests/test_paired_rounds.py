@@ -16,8 +16,7 @@ import pytest
 from helpers import STEADY, bench, run_perfwatch, scaled, store_run, write_suite
 
 from perfwatch import stats
-from perfwatch.bench.paired import ENV_PAD_STEP, ROUNDS, env_pad, round_budgets, round_count, split
-from perfwatch.bench.runner import BUDGETS
+from perfwatch.bench.paired import ENV_PAD_STEP, PAIRED_BUDGETS, ROUNDS, env_pad, round_budgets, round_count, split
 from perfwatch.bench.suite import discover
 from perfwatch.regress.compare import compare_runs, compare_samples
 from perfwatch.results import RunRecord
@@ -155,12 +154,13 @@ def test_compare_runs_reads_the_rounds_a_paired_run_keeps_and_unpaired_runs_rest
 
 def test_rounds_share_the_budget_and_each_round_warms_up_in_full():
     assert split(10, 4) == [3, 3, 2, 2] and split(3, 3) == [1, 1, 1]
-    budget = BUDGETS["ci"][0]
+    budget = PAIRED_BUDGETS["ci"]
     rounds = round_budgets(budget, ROUNDS["ci"])
     assert len(rounds) == 6
     assert sum(r.max_repeat for r in rounds) == budget.max_repeat
     assert sum(r.min_repeat for r in rounds) == budget.min_repeat
     assert all(r.warmup_time == budget.warmup_time and r.max_time == pytest.approx(budget.max_time / 6) for r in rounds)
+    assert [r.max_repeat for r in rounds] == [20] * 6  # a round's centre needs ~20 pairs (the detection study)
 
 
 def test_a_benchmark_gets_its_suite_size_rounds_but_never_more_rounds_than_samples(tmp_path):
@@ -174,8 +174,8 @@ def test_a_benchmark_gets_its_suite_size_rounds_but_never_more_rounds_than_sampl
     """)
     many, few = discover([suite])
     sizes = ("quick", "ci", "full")
-    assert [round_count(many, size, BUDGETS[size][0].for_benchmark(many)) for size in sizes] == [4, 6, 10]
-    assert round_count(few, "ci", BUDGETS["ci"][0].for_benchmark(few)) == 2
+    assert [round_count(many, size, PAIRED_BUDGETS[size].for_benchmark(many)) for size in sizes] == [4, 6, 10]
+    assert round_count(few, "ci", PAIRED_BUDGETS["ci"].for_benchmark(few)) == 2
 
 
 def test_a_benchmark_sets_its_own_rounds_as_in_asv_and_a_bad_value_is_one_line(tmp_path):
@@ -185,7 +185,7 @@ def test_a_benchmark_sets_its_own_rounds_as_in_asv_and_a_bad_value_is_one_line(t
         time_own.rounds = 3
     """)
     [own] = discover([suite])
-    assert round_count(own, "full", BUDGETS["full"][0].for_benchmark(own)) == 3
+    assert round_count(own, "full", PAIRED_BUDGETS["full"].for_benchmark(own)) == 3
     write_suite(tmp_path / "bad", "bench_bad.py", "def time_bad():\n    pass\ntime_bad.rounds = 0\n")
     proc = run_perfwatch("list", "bad", cwd=tmp_path)
     assert proc.returncode == 2 and "rounds" in proc.stderr and "bench_bad" in proc.stderr, proc.stderr

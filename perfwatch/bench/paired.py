@@ -55,6 +55,18 @@ CLOSE_TIMEOUT = 30.0  # for teardown
 # Each extra round costs a process start (torch imports: ~2 s) and a warm-up per side.
 ROUNDS = {"quick": 4, "ci": 6, "full": 10}
 
+# Paired mode's sampling budget by suite size, over all of a benchmark's rounds (its ``repeat``
+# overrides the totals, as in `perfwatch run`); warm-up and sample time are `perfwatch run`'s. The
+# test over rounds is only as good as each round's centre: single pairs differ by 5-9% on a busy
+# 2-core machine, so the 8 pairs per round of `perfwatch run`'s ci budget leave a round's centre
+# about +-3% and a 5% slowdown near p = 0.01, where 20 pairs bring it to about +-2%
+# (docs/performance.md, the detection study). max_time is sampling time per side.
+PAIRED_BUDGETS = {
+    "quick": replace(runner.BUDGETS["quick"][0], min_repeat=4 * 3, max_repeat=4 * 8, max_time=4 * 1.0),
+    "ci": replace(runner.BUDGETS["ci"][0], min_repeat=6 * 5, max_repeat=6 * 20, max_time=6 * 3.0),
+    "full": replace(runner.BUDGETS["full"][0], min_repeat=10 * 8, max_repeat=10 * 40, max_time=10 * 6.0),
+}
+
 # Each round's workers get this variable, ENV_PAD_STEP bytes longer per round (modulo 4 KiB, a
 # page): the environment sits at the top of the stack, so its size moves the stack's alignment
 # (Mytkowicz et al., ASPLOS 2009: several percent either way).
@@ -334,8 +346,7 @@ def measure_benchmark(sides: dict[str, tuple[Side, Benchmark | None]], lead: Ben
     present = {label: (side, bench) for label, (side, bench) in sides.items() if bench is not None}
     series = {label: Series(side, bench) for label, (side, bench) in present.items() if not bench.unsupported}
     order = list(series.values())
-    budget, default_timeout = runner.BUDGETS[size]
-    budget = budget.for_benchmark(lead)
+    budget, default_timeout = PAIRED_BUDGETS[size].for_benchmark(lead), runner.BUDGETS[size][1]
     rounds, number = round_count(lead, size, budget) if len(order) > 1 else 1, None
     for index, round_budget in enumerate(round_budgets(budget, rounds)):
         if not any(s.status == "ok" for s in order):
