@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import subprocess
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,22 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU instructions for bf16 matrix math (Cooper Lake / Zen 4 and later; AMX from Sapphire Rapids): where
+# they are missing, bf16 autocast on the CPU emulates and gains little or nothing.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """Which of ``BF16_CPU_FLAGS`` the CPU has (its first ``flags`` line); [] where none or unreadable."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(BF16_CPU_FLAGS & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
 def package_version(name: str) -> str | None:
     """Installed version without importing the package (torch takes seconds to import)."""
     try:
@@ -51,25 +68,41 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def git_output(cwd: Path | None, *args: str, stdin: str | None = None) -> str | None:
+    """What ``git ARGS`` prints in ``cwd``, stripped; None when git is missing, fails or hangs."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, timeout=10,
+                             check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def commit_time(cwd: Path | None, ref: str) -> str | None:
+    """The committer date of commit ``ref`` in UTC, ISO 8601 (as ``created`` is written); None if git cannot say.
+
+    The committer date, not the author date: it is when the commit entered the history (a rebase or a
+    cherry-pick renews it), so it follows the order of a branch better.
+    """
+    seconds = git_output(cwd, "show", "-s", "--no-show-signature", "--format=%ct", "--end-of-options", f"{ref}^{{commit}}")
+    if not seconds or not seconds.isdigit():
+        return None
+    return datetime.fromtimestamp(int(seconds), timezone.utc).isoformat()
+
+
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
-    """Commit, branch and dirty flag of the repository around ``cwd``; nulls outside one."""
+    """Commit, its time, branch and dirty flag of the repository around ``cwd``; nulls outside one.
 
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
+    The branch is null on a detached HEAD (a CI checkout of a pull request, a bisection step).
+    """
+    commit = git_output(cwd, "rev-parse", "HEAD")
     if commit is None:
-        return {"git_commit": None, "git_branch": None, "git_dirty": False}
-    status = git("status", "--porcelain", "--untracked-files=no")
+        return {"git_commit": None, "git_commit_time": None, "git_branch": None, "git_dirty": False}
+    status = git_output(cwd, "status", "--porcelain", "--untracked-files=no")
     return {
         "git_commit": commit,
-        "git_branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+        "git_commit_time": commit_time(cwd, commit),
+        "git_branch": git_output(cwd, "symbolic-ref", "--quiet", "--short", "HEAD") or None,
         "git_dirty": bool(status),
     }
 
@@ -91,6 +124,7 @@ def fingerprint(cwd: Path | None = None) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "arch": platform.machine(),
         "cpu": cpu_model(),
+        "cpu_bf16": cpu_bf16_flags(),
         "cpu_cores_logical": psutil.cpu_count(logical=True),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "cpu_affinity": len(psutil.Process().cpu_affinity()) if hasattr(psutil.Process, "cpu_affinity") else None,

@@ -101,7 +101,8 @@ def test_fingerprint_records_threads_and_git_state(tmp_path, monkeypatch):
     assert env["cpu_cores_logical"] >= 1 and env["memory_bytes"] > 0 and len(env["machine_id"]) == 12
     assert env["torch"]  # read from package metadata, without importing torch
 
-    assert git_state(tmp_path) == {"git_commit": None, "git_branch": None, "git_dirty": False}
+    assert git_state(tmp_path) == {"git_commit": None, "git_commit_time": None, "git_branch": None,
+                                 "git_dirty": False}
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True, capture_output=True)
     git("init", "-q", "-b", "main")
     (tmp_path / "f.txt").write_text("1")

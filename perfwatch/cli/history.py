@@ -1,4 +1,5 @@
-"""``perfwatch history``: steps (change points) in each benchmark's stored runs, as a table, JSON and plots."""
+"""``perfwatch history``: steps (change points) in each benchmark's stored runs per machine, commit by
+commit, as a table, JSON and plots."""
 
 from __future__ import annotations
 
@@ -20,51 +21,68 @@ if TYPE_CHECKING:
 @cli.command()
 @click.argument("bench", required=False, metavar="[BENCH]")
 @results_dir_option
+@click.option("--machine", help="Only this machine's runs: a machine id, a prefix of one, or a host name.")
+@click.option("--branch", help="Only the runs made on this branch.")
+@click.option("--since", metavar="DATE|COMMIT",
+              help="Only commits since a date (YYYY-MM-DD, UTC) or since a commit (its commit time).")
 @click.option("--plot-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Where a PNG per benchmark goes (default: reports/history).")
+              help="Where a PNG per benchmark (and machine) goes (default: reports/history).")
 @click.option("--json", "as_json", is_flag=True, help="Print the histories and their steps as JSON.")
 @click.pass_context
-def history(ctx: click.Context, bench: str | None, results_dir: Path | None, plot_dir: Path | None,
-            as_json: bool) -> None:
+def history(ctx: click.Context, bench: str | None, results_dir: Path | None, machine: str | None,
+            branch: str | None, since: str | None, plot_dir: Path | None, as_json: bool) -> None:
     """Find steps in the history of BENCH (a name or a glob; default: every benchmark).
 
-    Every stored run counts, oldest first. Each step names the first run and commit after
-    it, the medians before and after, the change and its p-value; steps smaller than the
-    benchmark's regression threshold are left out.
+    One series per benchmark and machine, one point per commit (the runs of a commit pool
+    their samples), in git order when run in the repository that holds the commits, else by
+    commit time; runs made outside git come last. Each step names the first run and commit
+    after it, the medians before and after, the change and its p-value; steps smaller than
+    the benchmark's regression threshold are left out.
     """
     from perfwatch.regress import history as history_lib  # numpy loads only for this command
 
     plot_dir = plot_dir or history_lib.DEFAULT_PLOT_DIR
     store = store_of(ctx, results_dir)
-    histories = history_lib.load_histories(list(store.runs()), bench, str(store.root), config_of(ctx).thresholds)
-    plots = [history_lib.plot(h, plot_dir) for h in histories]
+    here = Path.cwd()
+    which = history_lib.run_filter(store, machine, branch, since, repo=here)
+    runs = list(store.select(which))
+    positions = history_lib.git_positions(runs, here)
+    histories = history_lib.load_histories(runs, bench, str(store.root), config_of(ctx).thresholds, positions, which)
+    order = history_lib.order_name(runs, positions)
+    plots = history_lib.plots(histories, plot_dir)
     if as_json:
-        click.echo(json.dumps({"results_dir": str(store.root), "plot_dir": str(plot_dir),
+        filters = {"machine": which.machine, "branch": which.branch, "since": which.since}
+        click.echo(json.dumps({"results_dir": str(store.root), "plot_dir": str(plot_dir), "order": order,
+                               "filters": filters,
                                "benchmarks": [history_lib.to_json(h, p) for h, p in zip(histories, plots)]},
                               indent=1, allow_nan=False))
         return
+    several = len({h.series.machine for h in histories}) > 1
     judged = [h for h in histories if h.note is None]
     if judged:
-        out.print(steps_table(judged))
+        out.print(steps_table(judged, order))
     for h in histories:
         if h.note is not None:
-            out.print(f"{escape(h.series.name)}: {escape(h.note)}", soft_wrap=True)
+            where = f" on {h.series.machine_label}" if several else ""
+            out.print(f"{escape(h.series.name)}{escape(where)}: {escape(h.note)}", soft_wrap=True)
     out.print(f"plots: {escape(str(plot_dir))}/", soft_wrap=True)
 
 
-def steps_table(histories: list[History]) -> Table:
-    """One row per step; a benchmark without a step gets one row saying so."""
-    table = Table(title="steps in stored runs", title_justify="left")
-    for column in ("benchmark", "runs", "first run after the step", "commit", "before", "after", "change", "p"):
-        table.add_column(column, justify="right" if column in ("runs", "before", "after", "change", "p") else "left",
+def steps_table(histories: list[History], order: str) -> Table:
+    """One row per step; a benchmark (on a machine) without a step gets one row saying so."""
+    table = Table(title=f"steps in stored runs, by {order}", title_justify="left")
+    for column in ("benchmark", "machine", "points", "first run after the step", "commit", "before", "after",
+                   "change", "p"):
+        table.add_column(column, justify="right" if column in ("points", "before", "after", "change", "p") else "left",
                          overflow="fold")
     for h in histories:
         series = h.series
+        where = escape(series.machine_label)
         if not h.steps:
-            table.add_row(escape(series.name), str(series.measured), "[dim]no step[/]", "", "", "", "", "")
+            table.add_row(escape(series.name), where, str(series.measured), "[dim]no step[/]", "", "", "", "", "")
         for step in h.steps:
             style = "red" if step.worse else "green"
-            table.add_row(escape(series.name), str(series.measured), step.run_id, (step.commit or "-")[:10],
+            table.add_row(escape(series.name), where, str(series.measured), step.run_id, (step.commit or "-")[:10],
                           format_value(step.before, series.unit), format_value(step.after, series.unit),
                           f"[{style}]{step.change:+.1%} {step.direction}[/]", f"{step.p_value:.2g}")
     return table

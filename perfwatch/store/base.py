@@ -1,4 +1,5 @@
-"""What every store offers the commands: save a run, load one by reference, list them all.
+"""What every store offers the commands: save a run, load one by reference, list them all (or
+those a history asks for: RunFilter, which a database turns into its query).
 
 A reference is a results file (a path ending in ``.json`` or holding a separator: read as is,
 whatever the store), a run id, a unique prefix of one, or ``latest``. Listings skip a run that
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,43 @@ if TYPE_CHECKING:
 
 FRAME_COLUMNS = ["run_id", "created", "suite", "git_commit", "machine", "name", "kind",
                  "unit", "higher_is_better", "status", "n", "median", "samples"]
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a history reads; None lets every run through.
+
+    ``machine``: a machine id, a prefix of one, or a host name. ``branch``: the branch the run was made
+    on. ``since``: a UTC time in the form ``created`` has; a run passes if its commit is that new, or,
+    without a commit time, if it was made since.
+    """
+
+    machine: str | None = None
+    branch: str | None = None
+    since: str | None = None
+
+    def machine_matches(self, machine_id: str | None, host: str | None) -> bool:
+        return self.machine is None or (machine_id or "").startswith(self.machine) or host == self.machine
+
+    def matches(self, run: RunRecord) -> bool:
+        env = run.env
+        if not self.machine_matches(env.get("machine_id"), env.get("host")):
+            return False
+        if self.branch is not None and env.get("git_branch") != self.branch:
+            return False
+        return self.since is None or (env.get("git_commit_time") or run.created) >= self.since
+
+    def describe(self) -> str:
+        """The filters in words, as an error message names them."""
+        words = [f"of machine {self.machine!r}" if self.machine is not None else "",
+                 f"on branch {self.branch!r}" if self.branch is not None else "",
+                 f"since {self.since}" if self.since is not None else ""]
+        return " ".join(w for w in words if w)
+
+
+def machine_of(env: dict[str, Any]) -> str:
+    """The machine a run's history belongs to: its ``machine_id``, else (an older document) its host."""
+    return env.get("machine_id") or env.get("host") or "unknown"
 
 
 def is_file_ref(ref: str | None) -> bool:
@@ -79,6 +118,23 @@ class RunStore(ABC):
     @abstractmethod
     def runs(self) -> Iterator[RunRecord]:
         """Every readable run, oldest first; an unreadable one is skipped with a warning naming it."""
+
+    def select(self, which: RunFilter) -> Iterator[RunRecord]:
+        """The readable runs that ``which`` lets through, oldest first (a database filters in its query)."""
+        return (run for run in self.runs() if which.matches(run))
+
+    def machines(self) -> dict[str, str | None]:
+        """Machine id -> host name of every machine with a stored run (a run without an id: its host)."""
+        return {machine_of(run.env): run.env.get("host") for run in self.runs()}
+
+    def commit_times(self, prefix: str) -> dict[str, str | None]:
+        """Stored commits that start with ``prefix`` -> their commit time (None where no run recorded it)."""
+        found: dict[str, str | None] = {}
+        for run in self.runs():
+            commit = run.env.get("git_commit")
+            if commit and commit.startswith(prefix):
+                found[commit] = found.get(commit) or run.env.get("git_commit_time")
+        return found
 
     def import_runs(self, records: Iterable[RunRecord]) -> list[str]:
         """Store each run whose id is not stored yet (a stored one is left as it is); returns the ids stored."""

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, make_url
 from perfwatch import stats
 from perfwatch.errors import UserError, one_line
 from perfwatch.results import FORMAT_VERSION, RunRecord
-from perfwatch.store.base import RunStore
+from perfwatch.store.base import RunFilter, RunStore, machine_of
 from perfwatch.store.directory import Store
 from perfwatch.urls import redact, scrub
 
@@ -71,6 +71,22 @@ results_table = sa.Table(
 )
 BENCH_COLUMNS = ("name", "params", "kind", "unit", "higher_is_better", "status", "error", "samples", "number",
                  "warmup_s", "duration_s")
+
+
+host_column = runs_table.c.fingerprint["host"].as_string()  # older documents have no machine_id
+
+
+def condition(which: RunFilter) -> sa.ColumnElement[bool]:
+    """RunFilter.matches as a condition on ``runs``, so that only the runs asked for are read."""
+    conditions = []
+    if which.machine is not None:
+        conditions.append(sa.or_(runs_table.c.machine_id.startswith(which.machine, autoescape=True),
+                                 host_column == which.machine))
+    if which.branch is not None:
+        conditions.append(runs_table.c.branch == which.branch)
+    if which.since is not None:
+        conditions.append(sa.func.coalesce(runs_table.c.commit_time, runs_table.c.created) >= which.since)
+    return sa.and_(sa.true(), *conditions)
 
 
 def engine_url(url: str) -> sa.URL:
@@ -215,13 +231,29 @@ class SqlStore(RunStore):
         return RunRecord.from_dict(doc, source)
 
     def runs(self) -> Iterator[RunRecord]:
+        return self.select(RunFilter())
+
+    def select(self, which: RunFilter) -> Iterator[RunRecord]:
         for message in self.import_legacy():
             log.warning("skipping %s", message)
-        for source, doc in self._documents(sa.true()):
+        for source, doc in self._documents(condition(which)):
             try:
                 yield RunRecord.from_dict(doc, source)
             except UserError as exc:
                 log.warning("skipping %s", exc)
+
+    def machines(self) -> dict[str, str | None]:
+        self.import_legacy()
+        query = sa.select(runs_table.c.machine_id, host_column).distinct()
+        with self.errors("cannot read the store"), self.engine.connect() as conn:
+            return {machine_of({"machine_id": machine, "host": name}): name for machine, name in conn.execute(query)}
+
+    def commit_times(self, prefix: str) -> dict[str, str | None]:
+        self.import_legacy()
+        query = (sa.select(runs_table.c.commit, sa.func.max(runs_table.c.commit_time))
+                 .where(runs_table.c.commit.startswith(prefix, autoescape=True)).group_by(runs_table.c.commit))
+        with self.errors("cannot read the store"), self.engine.connect() as conn:
+            return dict(conn.execute(query).all())
 
     def _documents(self, where: sa.ColumnElement[bool]) -> list[tuple[str, dict[str, Any]]]:
         """(how messages name it, its results document) of each stored run matching ``where``, oldest first."""
