@@ -352,7 +352,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "setup": {"size": args.size, "units": UNITS, "levels": args.levels, "kinds": args.kinds, "modes": args.modes,
                   "trials": args.trials, "aa_trials": args.aa_trials,
-                  "edge_trials": args.edge_trials, "unpaired_trials": args.unpaired_trials, "seed": args.seed, "nproc": os.cpu_count(),
+                  "edge_trials": args.edge_trials, "unpaired_trials": args.unpaired_trials, "seed": args.seed,
+                  "nproc": os.cpu_count(),
                   "cpu": cpu_model()},
         "trials": [],
     }
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the report here")
     parser.add_argument("--summarize", type=Path, metavar="JSON", help="only report on a saved --out file")
     args = parser.parse_args(argv)
-    unknown = sorted(set(getattr(args, "kinds", [])) - set(KINDS))
+    unknown = sorted(set(args.kinds) - set(KINDS))
     if unknown:
         parser.error(f"unknown kind {', '.join(unknown)}; use some of {', '.join(KINDS)}")
     thresholds = [parse_threshold(t) for t in args.thresholds.split(",")]

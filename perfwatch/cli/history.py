@@ -57,7 +57,7 @@ def history(ctx: click.Context, bench: str | None, results_dir: Path | None, mac
                                "benchmarks": [history_lib.to_json(h, p) for h, p in zip(histories, plots)]},
                               indent=1, allow_nan=False))
         return
-    several = len({h.series.machine for h in histories}) > 1
+    several = history_lib.several_machines(histories)
     judged = [h for h in histories if h.note is None]
     if judged:
         out.print(steps_table(judged, order))

@@ -162,7 +162,8 @@ def since_time(value: str, store: RunStore, repo: Path | None) -> str:
     if known is None and _HEX_PREFIX.fullmatch(value):
         stored = store.commit_times(value.lower())
         if len(stored) > 1:
-            raise UserError(f"--since {value!r}: ambiguous, {len(stored)} stored commits start so; give more characters")
+            raise UserError(f"--since {value!r}: ambiguous, {len(stored)} stored commits start so; "
+                            "give more characters")
         known = next(iter(stored.values()), None)
         if stored and known is None:
             raise UserError(f"--since {value!r}: the runs of that commit do not record its time "
@@ -327,9 +328,14 @@ def plot_name(benchmark: str, machine: str | None = None) -> str:
     return safe_name(benchmark) + (f".{safe_name(machine)}" if machine else "") + ".png"
 
 
+def several_machines(histories: Iterable[History]) -> bool:
+    """Whether the histories span more than one machine: then names and messages say which."""
+    return len({h.series.machine for h in histories}) > 1
+
+
 def plots(histories: list[History], directory: Path) -> list[Path]:
     """A PNG per history, named by its benchmark, and by its machine too when there are several."""
-    several = len({h.series.machine for h in histories}) > 1
+    several = several_machines(histories)
     return [plot(h, directory / plot_name(h.series.name, h.series.machine if several else None)) for h in histories]
 
 
