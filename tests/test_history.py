@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_one_line_error, run_perfwatch
 from PIL import Image
 
-from perfwatch.regress.history import analyze, build_series, fewest_runs, find_steps, matches, plot_name
+from perfwatch.regress.history import analyze, bisect_command, build_series, fewest_runs, find_steps, matches, plot_name
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.store import Store
 
@@ -67,7 +67,7 @@ def test_series_follow_the_runs_and_keep_failed_runs_as_points_without_samples()
 
 
 def test_a_fifteen_percent_step_is_found_at_the_first_run_after_it():
-    (batch, throughput, steady) = analyze(history_runs())
+    (batch, _, steady) = analyze(history_runs())
     (step,) = batch.steps
     assert (step.index, step.run_id, step.commit) == (STEP_RUN, history_runs()[STEP_RUN].run_id, commit(STEP_RUN))
     assert step.before == pytest.approx(0.010) and step.after == pytest.approx(0.0115)
@@ -86,6 +86,26 @@ def test_direction_comes_from_the_metric_a_throughput_drop_is_worse_and_a_speedu
 def test_a_failed_run_is_skipped_not_taken_for_a_step():
     (step,) = analyze(history_runs(count=15, failed_at=10))[0].steps
     assert step.index == STEP_RUN
+
+
+def test_a_slowdown_names_the_commits_around_it_and_the_bisect_command_that_splits_them():
+    batch, throughput, _ = analyze(history_runs())
+    (step,) = batch.steps
+    assert (step.commit_before, step.commit) == (commit(STEP_RUN - 1), commit(STEP_RUN))
+    assert bisect_command(batch.series, step) == (f"perfwatch bisect 'loader.time_batch(workers=2)' --good "
+                                                  f"{commit(STEP_RUN - 1)} --bad {commit(STEP_RUN)} --suite ci")
+    assert bisect_command(batch.series, step, abbreviate=True).split()[3:7] == [
+        "--good", commit(STEP_RUN - 1)[:10], "--bad", commit(STEP_RUN)[:10]]
+    (drop,) = throughput.steps  # less throughput is a slowdown too
+    assert bisect_command(throughput.series, drop).startswith("perfwatch bisect loader.track_samples_per_s --good")
+
+
+def test_the_commit_before_a_step_is_the_last_one_measured_and_a_speed_up_gets_no_command():
+    (step,) = analyze(history_runs(count=15, failed_at=STEP_RUN - 1))[0].steps
+    assert (step.commit_before, step.commit) == (commit(STEP_RUN - 2), commit(STEP_RUN))  # its neighbour failed
+    faster = analyze(history_runs(factor=1 / 1.15))[0]
+    (speed_up,) = faster.steps
+    assert speed_up.commit_before == commit(STEP_RUN - 1) and bisect_command(faster.series, speed_up) is None
 
 
 def test_steps_under_the_benchmarks_threshold_are_dropped():
@@ -135,10 +155,15 @@ def test_history_command_names_the_step_and_saves_a_plot_per_benchmark(tmp_path)
     results = store_runs(tmp_path / "results", history_runs())
     proc = run_perfwatch("history", "--results-dir", str(results), "--plot-dir", "plots", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    batch_rows = [line for line in proc.stdout.splitlines() if "loader.time_batch" in line]
+    batch_rows = [line for line in proc.stdout.splitlines() if line.startswith("│ loader.time_batch")]
     assert len(batch_rows) == 1 and commit(STEP_RUN)[:10] in batch_rows[0] and "+15.0% worse" in batch_rows[0]
     assert "10 ms" in batch_rows[0] and "11.5 ms" in batch_rows[0]
     assert "-13.0% worse" in proc.stdout and "no step" in proc.stdout  # the throughput; the steady step time
+    assert f"{commit(STEP_RUN - 1)[:10]}..{commit(STEP_RUN)[:10]}" in batch_rows[0]
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("to find the commit: ")]
+    assert commands == [f"to find the commit: perfwatch bisect {name} --good {commit(STEP_RUN - 1)[:10]} --bad "
+                        f"{commit(STEP_RUN)[:10]} --suite ci"
+                        for name in ("'loader.time_batch(workers=2)'", "loader.track_samples_per_s")]
     for name in ("loader.time_batch_workers_2.png", "loader.track_samples_per_s.png", "training.time_step.png"):
         assert_png(tmp_path / "plots" / name)
 
@@ -153,6 +178,9 @@ def test_history_json_for_one_benchmark(tmp_path):
     (step,) = batch["steps"]
     assert (step["index"], step["commit"], step["direction"]) == (STEP_RUN, commit(STEP_RUN), "worse")
     assert step["change"] == pytest.approx(0.15) and step["p_value"] < 0.01
+    assert step["commit_before"] == commit(STEP_RUN - 1)
+    assert step["bisect"] == (f"perfwatch bisect 'loader.time_batch(workers=2)' --good {commit(STEP_RUN - 1)} "
+                              f"--bad {commit(STEP_RUN)} --suite ci")
     assert [p["median"] for p in batch["series"]][STEP_RUN - 1:STEP_RUN + 1] == pytest.approx([0.010, 0.0115])
     assert_png(Path(tmp_path / batch["plot"]))
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loader.time_batch_workers_2.png"]

@@ -6,7 +6,8 @@ drift; two samples taken back to back carry the same, and it cancels in their ra
 (compare.py's ``paired=True``). So a round of a benchmark starts one live worker per
 side (``perfwatch.worker serve``), warms both up, and asks them for one sample at a
 time in ABBA order (A B, B A, A B, ...), which cancels order effects too. A is the
-baseline (REF, checked out in a temporary git worktree), B the candidate (the working tree).
+baseline (REF, checked out in a temporary git worktree), B the candidate (the working tree,
+or a second ref in a worktree of its own: bisection measures two commits so).
 
 Drift is not the only bias: two processes of the same code differ by a few percent
 (address-space layout, environment size, core, allocator state), and every sample of a
@@ -32,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from perfwatch.bench import runner
 from perfwatch.bench.gitrefs import checked_out, moved, repository_root, resolve_commit
@@ -110,7 +112,7 @@ class LiveWorker:
     ``pad`` (if any) goes into its environment as ENV_PAD."""
 
     def __init__(self, side: Side, pad: str = ""):
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (open for the worker's life; stop() closes it)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "perfwatch.worker", "serve"],
             cwd=side.cwd, env={**side.env, ENV_PAD: pad} if pad else side.env,
@@ -362,6 +364,7 @@ def run_against(
     ref: str,
     size: str,
     *,
+    candidate: str | None = None,
     pattern: str | None = None,
     paths: Sequence[Path] = (),
     repo: Path | None = None,
@@ -374,44 +377,62 @@ def run_against(
     ran back to back, and both runs' ``env["rounds"]`` maps its name to its samples per
     round. A benchmark on one side only is measured alone (compare calls it new or missing).
     A side that fails keeps its status and one-line error while the other keeps its samples.
+    ``candidate``, a second ref, is measured instead of the working tree, checked out in a worktree
+    of its own: the working tree is then never read, so it may be dirty (bisection measures so).
     ``paths`` and ``repo`` (default: the current directory) are as for ``perfwatch run``;
     ``progress`` gets ("start", bench, None) and ("done", bench, the candidate's result, else
     the baseline's); ``perturb_env`` False keeps every round's environment as it is (ENV_PAD).
     """
+    root, here, suite_paths = project_paths(size, paths, repo)
+    refs = [ref] if candidate is None else [ref, candidate]
+    commits = [resolve_commit(root, r) for r in refs]
+    created = utc_now_iso()
+    with contextlib.ExitStack() as trees:
+        sides = [make_side(commit[:10] if commit.startswith(r) else f"{r} ({commit[:10]})",
+                           trees.enter_context(checked_out(root, commit)), root, here, suite_paths, size)
+                 for r, commit in zip(refs, commits)]
+        if candidate is None:
+            sides.append(make_side("the working tree", root, root, here, suite_paths, size))
+        baseline, candidate_side = sides
+        return measure_sides(baseline, candidate_side, size, suite_paths, pattern, progress, perturb_env, created)
+
+
+def project_paths(size: str, paths: Sequence[Path], repo: Path | None) -> tuple[Path, Path, list[Path]]:
+    """The repository root, the directory the paths are relative to, and the suite paths (checked to exist)."""
     if size not in SIZES:
         raise UserError(f"unknown suite size {size!r}; use one of {', '.join(SIZES)}", setting="size")
     here = (repo or Path.cwd()).resolve()
     root = repository_root(here)
-    commit = resolve_commit(root, ref)
     suite_paths = [(p if p.is_absolute() else here / p).resolve()
                    for p in map(Path, runner.default_paths(tuple(paths), cwd=here))]
     for path in suite_paths:
         if not path.exists():
             raise UserError(f"{path}: no such file or directory; pass an existing suite file or directory")
-    created = utc_now_iso()
+    return root, here, suite_paths
 
-    with checked_out(root, commit) as tree:
-        baseline = make_side(f"{ref} ({commit[:10]})", tree, root, here, suite_paths, size)
-        candidate = make_side("the working tree", root, root, here, suite_paths, size)
-        envs = {"baseline": fingerprint(cwd=baseline.cwd), "candidate": fingerprint(cwd=candidate.cwd)}
-        before = {b.name: b for b in discover_side(baseline, size, pattern)}
-        after = {b.name: b for b in discover_side(candidate, size, pattern)}
-        if not before and not after:
-            raise runner.nothing_selected(size, suite_paths, pattern)
-        results: dict[str, list[BenchResult]] = {"baseline": [], "candidate": []}
-        rounds: dict[str, dict[str, list[int]]] = {"baseline": {}, "candidate": {}}
-        for name in [*after, *(n for n in before if n not in after)]:
-            lead = after.get(name) or before[name]
-            if progress:
-                progress("start", lead, None)
-            measured = measure_benchmark({"baseline": (baseline, before.get(name)),
-                                          "candidate": (candidate, after.get(name))}, lead, size, perturb_env)
-            for label, (result, sizes) in measured.items():
-                results[label].append(result)
-                if sizes:
-                    rounds[label][name] = sizes
-            if progress:
-                progress("done", lead, (measured.get("candidate") or measured["baseline"])[0])
+
+def measure_sides(baseline: Side, candidate: Side, size: str, suite_paths: list[Path], pattern: str | None,
+                  progress: runner.Progress | None, perturb_env: bool, created: str) -> tuple[RunRecord, RunRecord]:
+    """The two runs of run_against: every benchmark either side has, measured paired."""
+    envs = {"baseline": fingerprint(cwd=baseline.cwd), "candidate": fingerprint(cwd=candidate.cwd)}
+    before = {b.name: b for b in discover_side(baseline, size, pattern)}
+    after = {b.name: b for b in discover_side(candidate, size, pattern)}
+    if not before and not after:
+        raise runner.nothing_selected(size, suite_paths, pattern)
+    results: dict[str, list[BenchResult]] = {"baseline": [], "candidate": []}
+    rounds: dict[str, dict[str, list[int]]] = {"baseline": {}, "candidate": {}}
+    for name in [*after, *(n for n in before if n not in after)]:
+        lead = after.get(name) or before[name]
+        if progress:
+            progress("start", lead, None)
+        measured = measure_benchmark({"baseline": (baseline, before.get(name)),
+                                      "candidate": (candidate, after.get(name))}, lead, size, perturb_env)
+        for label, (result, sizes) in measured.items():
+            results[label].append(result)
+            if sizes:
+                rounds[label][name] = sizes
+        if progress:
+            progress("done", lead, (measured.get("candidate") or measured["baseline"])[0])
 
     ids = {"baseline": new_run_id(), "candidate": new_run_id()}
     partner = {"baseline": "candidate", "candidate": "baseline"}

@@ -16,6 +16,7 @@ import click
 
 from perfwatch.cli import (  # noqa: F401  (registers the commands)
     bench,
+    bisect,
     grafana,
     history,
     regress,

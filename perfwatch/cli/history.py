@@ -35,9 +35,10 @@ def history(ctx: click.Context, bench: str | None, results_dir: Path | None, mac
 
     One series per benchmark and machine, one point per commit (the runs of a commit pool
     their samples), in git order when run in the repository that holds the commits, else by
-    commit time; runs made outside git come last. Each step names the first run and commit
-    after it, the medians before and after, the change and its p-value; steps smaller than
-    the benchmark's regression threshold are left out.
+    commit time; runs made outside git come last. Each step names the first run after it, the
+    last commit before it and the first after, the medians before and after, the change and its
+    p-value; steps smaller than the benchmark's regression threshold are left out. For each
+    slowdown it prints the `perfwatch bisect` command line that finds the commit between the two.
     """
     from perfwatch.regress import history as history_lib  # numpy loads only for this command
 
@@ -61,6 +62,9 @@ def history(ctx: click.Context, bench: str | None, results_dir: Path | None, mac
     judged = [h for h in histories if h.note is None]
     if judged:
         out.print(steps_table(judged, order))
+    commands = dict.fromkeys(c for h in judged for s in h.steps if (c := history_lib.bisect_command(h.series, s, True)))
+    for command in commands:  # one per step, whichever machines saw it
+        out.print(f"to find the commit: {escape(command)}", soft_wrap=True)
     for h in histories:
         if h.note is not None:
             where = f" on {h.series.machine_label}" if several else ""
@@ -71,8 +75,8 @@ def history(ctx: click.Context, bench: str | None, results_dir: Path | None, mac
 def steps_table(histories: list[History], order: str) -> Table:
     """One row per step; a benchmark (on a machine) without a step gets one row saying so."""
     table = Table(title=f"steps in stored runs, by {order}", title_justify="left")
-    for column in ("benchmark", "machine", "points", "first run after the step", "commit", "before", "after",
-                   "change", "p"):
+    for column in ("benchmark", "machine", "points", "first run after the step", "between commits", "before",
+                   "after", "change", "p"):
         table.add_column(column, justify="right" if column in ("points", "before", "after", "change", "p") else "left",
                          overflow="fold")
     for h in histories:
@@ -82,7 +86,8 @@ def steps_table(histories: list[History], order: str) -> Table:
             table.add_row(escape(series.name), where, str(series.measured), "[dim]no step[/]", "", "", "", "", "")
         for step in h.steps:
             style = "red" if step.worse else "green"
-            table.add_row(escape(series.name), where, str(series.measured), step.run_id, (step.commit or "-")[:10],
+            commits = f"{(step.commit_before or '-')[:10]}..{(step.commit or '-')[:10]}"
+            table.add_row(escape(series.name), where, str(series.measured), step.run_id, commits,
                           format_value(step.before, series.unit), format_value(step.after, series.unit),
                           f"[{style}]{step.change:+.1%} {step.direction}[/]", f"{step.p_value:.2g}")
     return table

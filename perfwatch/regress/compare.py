@@ -30,8 +30,9 @@ a side skipped or failed in the baseline, a changed unit, or samples a ratio can
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from perfwatch import stats
 from perfwatch.errors import BenchmarkFailed, PerfwatchError, RegressionFound, UserError
@@ -97,9 +98,10 @@ def _evidence(low: float, high: float, p: float, confidence: float) -> str:
     return f"{confidence:.0%} CI {low:+.1%}..{high:+.1%}, p={p:.2g}"
 
 
-def _judge(change: float, low: float, high: float, p: float, threshold: float, alpha: float, confidence: float,
+def judge(change: float, low: float, high: float, p: float, threshold: float, alpha: float, confidence: float,
            advice: str = "take more samples or compare interleaved runs (paired)") -> tuple[str, str]:
-    """Verdict and reason from a direction-normalised change, its interval and p-value."""
+    """Verdict and reason from a direction-normalised change, its interval and p-value: the test alone,
+    before any rule over rounds (bisect uses it to decide a pair it has pooled from several measurements)."""
     limit = _percent(threshold)
     evidence = _evidence(low, high, p, confidence)
     if p < alpha and low > 0 and change > threshold:
@@ -176,13 +178,13 @@ def compare_samples(
     change = _worse_by(estimate.ratio, higher_is_better)
     low, high = sorted((_worse_by(estimate.low, higher_is_better), _worse_by(estimate.high, higher_is_better)))
     if isinstance(estimate, stats.RoundsEstimate):  # by_rounds, as the type checker can see
-        verdict, reason = _judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence,
+        verdict, reason = judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence,
                                  advice="give it more rounds or a quieter machine")
         verdict, reason = _judge_rounds(verdict, reason, change, low, high, estimate, candidate_rounds,
                                         higher_is_better, threshold)
         row = replace(row, spread_between=estimate.between, spread_within=estimate.within)
     else:
-        verdict, reason = _judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence)
+        verdict, reason = judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence)
         if processes == 1:
             reason += "; one process per side"
     if paired and not pairs:

@@ -7,7 +7,8 @@ commits: git's topological order when the repository at hand holds every commit
 time stands in its creation time, and runs made outside git (no commit) come last, each a point
 of its own, by creation time. Building series and finding steps is pure (runs in, dataclasses
 out), so it is tested with literal runs; the git and store look-ups and :func:`plot` are the I/O.
-The detection itself is detect.py's.
+The detection itself is detect.py's. Each step of a slowdown names the `perfwatch bisect` command line
+that finds the commit between its two measured commits (:func:`bisect_command`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 import itertools
 import math
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perfwatch import stats
+from perfwatch.config import SIZES
 from perfwatch.env import commit_time, git_output
 from perfwatch.errors import UserError
 from perfwatch.figures import plain_text
@@ -78,6 +81,7 @@ class Series:
     unit: str
     higher_is_better: bool
     points: tuple[RunPoint, ...]
+    suite: str | None = None  # the suite size of the latest run, if it names one
 
     @property
     def measured(self) -> int:
@@ -95,11 +99,13 @@ class Series:
 
 @dataclass(frozen=True)
 class Step:
-    """A change point: ``index`` is the first point after it; ``change`` = after/before - 1, as measured."""
+    """A change point: ``index`` is the first point after it, ``commit`` its commit and ``commit_before``
+    that of the last point with samples before it; ``change`` = after/before - 1, as measured."""
 
     index: int
     run_id: str
     commit: str | None
+    commit_before: str | None
     before: float
     after: float
     change: float
@@ -224,6 +230,7 @@ def build_series(runs: Iterable[RunRecord], pattern: str | None = None,
     ``positions`` from :func:`git_positions`); benchmarks in first-seen order, each one's machines by id."""
     groups: dict[tuple[str, str], dict[str, list[tuple[RunRecord, BenchResult]]]] = {}
     latest: dict[tuple[str, str], BenchResult] = {}
+    suites: dict[tuple[str, str], str] = {}
     hosts: dict[str, str | None] = {}
     names: dict[str, int] = {}
     for run in runs:
@@ -236,12 +243,14 @@ def build_series(runs: Iterable[RunRecord], pattern: str | None = None,
             key = (bench.name, machine)
             groups.setdefault(key, {}).setdefault(run.env.get("git_commit") or run.run_id, []).append((run, bench))
             latest[key] = bench
+            suites[key] = run.suite
     order = functools.partial(commit_order, positions=positions)
     series = []
     for name, machine in sorted(groups, key=lambda k: (names[k[0]], k[1])):
         points = sorted((pool(runs_of) for runs_of in groups[name, machine].values()), key=order)
         bench = latest[name, machine]
-        series.append(Series(name, machine, hosts[machine], bench.unit, bench.higher_is_better, tuple(points)))
+        suite = suites[name, machine] if suites[name, machine] in SIZES else None
+        series.append(Series(name, machine, hosts[machine], bench.unit, bench.higher_is_better, tuple(points), suite))
     return series
 
 
@@ -266,7 +275,9 @@ def find_steps(series: Series, min_change: float) -> History:
     steps = []
     for point in points:
         first = series.points[point.index]
-        steps.append(Step(index=point.index, run_id=first.run_id, commit=first.commit, before=point.before,
+        last = next((p for p in reversed(series.points[:point.index]) if p.samples), None)
+        steps.append(Step(index=point.index, run_id=first.run_id, commit=first.commit,
+                          commit_before=last.commit if last else None, before=point.before,
                           after=point.after, change=point.change, p_value=point.p_value,
                           worse=(point.change > 0) != series.higher_is_better))
     return History(series, tuple(steps))
@@ -296,6 +307,17 @@ def load_histories(runs: list[RunRecord], pattern: str | None, source: str,
     return histories
 
 
+def bisect_command(series: Series, step: Step, abbreviate: bool = False) -> str | None:
+    """The `perfwatch bisect` command line that finds the commit of a slowdown between the step's two commits
+    (``abbreviate``: 10-character hashes), in the series' suite size; None for a speed-up (bisect looks
+    for slowdowns) or where a side has no commit."""
+    if not (step.worse and step.commit and step.commit_before):
+        return None
+    width = 10 if abbreviate else None
+    words = ["perfwatch", "bisect", series.name, "--good", step.commit_before[:width], "--bad", step.commit[:width]]
+    return shlex.join(words + (["--suite", series.suite] if series.suite else []))
+
+
 def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -314,8 +336,9 @@ def to_json(history: History, plot_path: Path | None = None) -> dict[str, Any]:
         "measured_points": series.measured,
         "note": history.note,
         "plot": str(plot_path) if plot_path else None,
-        "steps": [{"index": s.index, "run_id": s.run_id, "commit": s.commit, "before": s.before, "after": s.after,
-                   "change": _number(s.change), "direction": s.direction, "p_value": s.p_value}
+        "steps": [{"index": s.index, "run_id": s.run_id, "commit": s.commit, "commit_before": s.commit_before,
+                   "before": s.before, "after": s.after, "change": _number(s.change), "direction": s.direction,
+                   "p_value": s.p_value, "bisect": bisect_command(series, s)}
                   for s in history.steps],
         "series": [{"commit": p.commit, "commit_time": p.commit_time, "run_id": p.run_id, "run_ids": list(p.run_ids),
                     "created": p.created, "status": p.status, "median": _number(p.median), "samples": len(p.samples)}
