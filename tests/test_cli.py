@@ -92,11 +92,14 @@ def test_debug_shows_the_traceback(project):
     assert proc.returncode == 3 and "Traceback" in proc.stderr
 
 
-def test_a_suite_with_a_syntax_error_is_named(project):
+def test_a_suite_file_with_a_syntax_error_is_named_and_the_rest_runs(project):
     write_suite(project / "suites", "typo.py", "def time_x()\n    pass\n")
     proc = run_perfwatch("run", cwd=project)
-    assert_one_line_error(proc, "typo.py:1: syntax error")
-    assert stored(project) == []
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert "typo: suites/typo.py:1: syntax error" in proc.stderr
+    [doc] = [json.loads(p.read_text()) for p in stored(project)]
+    status = {b["name"]: b["status"] for b in doc["benchmarks"]}
+    assert status == {"typo": "failed", "basic.time_tiny": "ok", "basic.track_answer": "ok"}
 
 
 @pytest.mark.parametrize(

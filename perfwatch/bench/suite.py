@@ -1,8 +1,13 @@
-"""asv-style benchmark suites: suite sizes, and discovery of the benchmarks in suite files.
+"""asv benchmark suites: suite sizes, the benchmark spec, and discovery as asv does it.
 
 Suite modules are plain asv benchmark files. They pick their parameter grids for
 the suite size being run with :func:`by_size`, which reads ``PERFWATCH_SUITE``
 (set by ``perfwatch run --suite``; unset under asv, which then gets ``quick``).
+
+Discovery imports the benchmark directory as a package (package.py) and finds, names and
+versions benchmarks by asv's rules (identity.py), so a suite written for asv runs unchanged
+and its names are asv's. Each benchmark becomes a spec (``Benchmark``) that a fresh worker
+process resolves again (``load_target``) to measure it.
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ import inspect
 import itertools
 import math
 import os
-import sys
-import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
+from perfwatch.bench import asvconf, identity
+from perfwatch.bench.package import (
+    Found,
+    SuiteLoadError,
+    import_module,
+    one_line_error,
+    selection,
+    shown,
+    suite_files,
+    walk,
+)
 from perfwatch.config import SIZES
 
 SIZE_ENV = "PERFWATCH_SUITE"
@@ -45,24 +60,19 @@ def by_size(quick: T, ci: T | None = None, full: T | None = None) -> T:
     return ci_value if full is None else full
 
 
-# --- discovery -----------------------------------------------------------------
-
-KINDS = {"time_": "time", "peakmem_": "peakmem", "track_": "track"}
-UNSUPPORTED_PREFIXES = ("timeraw_", "mem_")  # asv kinds perfwatch does not measure
-DEFAULT_UNITS = {"time": "seconds", "peakmem": "bytes", "track": "unitless"}
-
+# --- the benchmark spec -------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One benchmark and one combination of its parameters, as found in a suite file."""
+    """One benchmark and one combination of its parameters, as found in a suite."""
 
-    name: str  # "module.Class.method(param=value, ...)"
-    file: str
-    module: str
-    qualname: str  # "Class.method" or "function"
+    name: str  # asv's name, then the parameters: "module.Class.method(param=label, ...)"
+    file: str  # the module that holds it (absolute)
+    module: str  # that module, dotted, inside the benchmark dir ("" for its __init__)
+    qualname: str  # how to reach it in the module: "Class.attr" or "attr"
     param_index: int
     params: dict[str, Any]
-    kind: str
+    kind: str  # time, timeraw, mem, peakmem, track; "import" for a module that failed to import
     unit: str
     higher_is_better: bool
     sizes: tuple[str, ...]
@@ -71,8 +81,19 @@ class Benchmark:
     repeat: Any
     warmup_time: float | None
     sample_time: float | None
-    unsupported: str | None = None
+    unsupported: str | None = None  # why it is skipped before it runs (skip_params, a missing library)
     rounds: int | None = None  # paired mode's rounds of fresh processes (asv's name); None: the suite's
+    # Fields added after paired mode existed (LATER_FIELDS):
+    root: str | None = None  # the benchmark dir, imported as a package
+    attr: str | None = None  # the benchmark's attribute on its class or module
+    asv_name: str | None = None  # the name asv gives it, without parameters
+    pretty_name: str | None = None
+    version: str | None = None  # asv's version: the benchmark's own ``version``, else code_hash
+    code_hash: str | None = None  # SHA-256 of the source asv hashes (with setup and setup_cache)
+    setup_cache_key: str | None = None
+    setup_cache_timeout: float | None = None
+    min_run_count: int | None = None
+    import_error: str | None = None  # kind "import": the one line saying why its module did not import
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON for a worker. A field added after paired mode existed is left out while unset:
@@ -85,77 +106,8 @@ class Benchmark:
         return cls(**{**data, "sizes": tuple(data["sizes"])})
 
 
-class SuiteLoadError(Exception):
-    """A suite file could not be imported; the message names the file and line."""
-
-
-def suite_files(paths: list[Path]) -> list[tuple[Path, str]]:
-    """(file, module name) for every suite file under ``paths``; names are dotted relative paths."""
-    found: list[tuple[Path, str]] = []
-    for path in paths:
-        if path.is_file():
-            found.append((path, path.stem))
-        elif path.is_dir():
-            for file in sorted(path.rglob("*.py")):
-                rel = file.relative_to(path).with_suffix("")
-                if any(part.startswith(("_", ".")) for part in rel.parts):
-                    continue
-                found.append((file, ".".join(rel.parts)))
-        else:
-            raise SuiteLoadError(f"{path}: no such file or directory")
-    return found
-
-
-def import_suite(file: Path, module_name: str) -> ModuleType:
-    """Import a suite file under a private name so it cannot shadow a real module."""
-    unique = "perfwatch_suite_" + module_name.replace(".", "_")
-    spec = importlib.util.spec_from_file_location(unique, file)
-    if spec is None or spec.loader is None:
-        raise SuiteLoadError(f"{file}: not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[unique] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise SuiteLoadError(f"{file}:{exc.lineno}: syntax error: {exc.msg}; fix the suite file") from None
-    except BaseException as exc:
-        line = _last_line_in(exc, file)
-        where = f"{file}:{line}" if line else str(file)
-        raise SuiteLoadError(f"{where}: importing the suite failed: {type(exc).__name__}: {exc}") from None
-    return module
-
-
-def _last_line_in(exc: BaseException, file: Path) -> int | None:
-    for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
-        if Path(frame.f_code.co_filename) == file:
-            return line
-    return None
-
-
-def lookup_attr(name: str, *owners: Any, default: Any = None) -> Any:
-    for owner in owners:
-        if owner is not None and hasattr(owner, name):
-            return getattr(owner, name)
-    return default
-
-
-def param_grid(owner: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """asv's params: a flat list is one parameter, a list of lists is a cartesian product."""
-    params = lookup_attr("params", owner, default=[])
-    if not params:
-        return [], [()]
-    if not isinstance(params[0], (list, tuple)):
-        params = [params]
-    names = list(lookup_attr("param_names", owner, default=[]) or [])
-    names += [f"param{i + 1}" for i in range(len(names), len(params))]
-    return names, list(itertools.product(*params))
-
-
-def _jsonable(value: Any) -> Any:
-    """A parameter value as strict JSON holds it: NaN and infinities (and anything not plain) as their repr."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+LATER_FIELDS = ("rounds", "root", "attr", "asv_name", "pretty_name", "version", "code_hash", "setup_cache_key",
+                "setup_cache_timeout", "min_run_count", "import_error")
 
 
 # --- attributes, checked at discovery: a bad one must not surface after the suite has run ---
@@ -184,101 +136,248 @@ def _params(value: Any) -> bool:
     return not any(nested) or all(nested)
 
 
-LATER_FIELDS = ("rounds",)
+def _env(value: Any) -> bool:
+    try:
+        identity.timeraw_env(value)
+    except TypeError:
+        return False
+    return True
+
 
 ATTRIBUTES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "params": (_params, "a list of values, or a list of lists of values"),
     "param_names": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(n, str) for n in v), "a list of names"),
     "timeout": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
     "number": (lambda v: _whole(v) and v >= 0, "a whole number of calls per sample (0: calibrated)"),
-    "repeat": (_repeat, "a whole number of samples (0: the default) or (min_repeat, max_repeat, max_time) "
-                        "with 1 <= min_repeat <= max_repeat and max_time >= 0 seconds"),
+    "repeat": (_repeat, ("a whole number of samples (0: the default) or (min_repeat, max_repeat, max_time) "
+                         "with 1 <= min_repeat <= max_repeat and max_time >= 0 seconds")),
     "warmup_time": (_number, "a number of seconds (negative: the default)"),
     "sample_time": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
     "rounds": (lambda v: _whole(v) and v >= 1, "a whole number of rounds of fresh processes >= 1"),
+    "processes": (lambda v: _whole(v) and v >= 1, "a whole number of rounds >= 1 (asv's old name for rounds)"),
+    "min_run_count": (lambda v: _whole(v) and v >= 0, "a whole number of timed calls"),
     "unit": (lambda v: isinstance(v, str) and bool(v.strip()), "a unit name such as 'seconds' or 'samples/s'"),
+    "pretty_name": (lambda v: isinstance(v, str), "a string"),
+    "skip_params": (lambda v: isinstance(v, (list, tuple)), "a list of tuples of parameter values"),
+    "timer": (callable, "a clock: a function that returns seconds, such as time.process_time"),
+    "env": (_env, "a dict of environment variables (no None values)"),
     "sizes": (lambda v: isinstance(v, (list, tuple)) and bool(v) and all(s in SIZES for s in v),
               f"a list of suite sizes out of {', '.join(SIZES)}"),
 }
 
 
-def check_attributes(file: Path, name: str, owners: tuple[Any, ...]) -> None:
+def check_attributes(file: Path, name: str, sources: list[Any]) -> None:
     """Raise SuiteLoadError naming the file, the benchmark and the attribute for the first bad attribute."""
     for attr, (valid, expected) in ATTRIBUTES.items():
-        value = lookup_attr(attr, *owners)
+        value = identity.first_attr(sources, attr)
         if value is not None and not valid(value):
-            raise SuiteLoadError(f"{file}: benchmark {name}: {attr} = {value!r} is not valid; "
+            raise SuiteLoadError(f"{shown(file)}: benchmark {name}: {attr} = {value!r} is not valid; "
                                  f"it must be {expected}")
 
 
-def benchmark_name(module: str, qualname: str, names: list[str], values: tuple[Any, ...]) -> str:
-    if not names:
-        return f"{module}.{qualname}"
-    args = ", ".join(f"{n}={v!r}" for n, v in zip(names, values))
-    return f"{module}.{qualname}({args})"
+def _jsonable(value: Any, label: str) -> Any:
+    """A parameter value as strict JSON holds it: plain values as they are, others (NaN too) by their label."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return label
+    return value if isinstance(value, (str, int, float, bool, type(None))) else label
 
 
-def collect(module: ModuleType, file: Path, module_name: str) -> list[Benchmark]:
-    """Every benchmark in an imported suite module, expanded over its parameter grid."""
-    targets: list[tuple[str, Any, Any]] = []  # (qualname, function, class or None)
-    for name, obj in vars(module).items():
-        if inspect.isclass(obj) and obj.__module__ == module.__name__ and not name.startswith("_"):
-            for meth_name, meth in inspect.getmembers(obj, callable):
-                if meth_name.startswith(tuple(KINDS) + UNSUPPORTED_PREFIXES):
-                    targets.append((f"{name}.{meth_name}", meth, obj))
-        elif inspect.isfunction(obj) and obj.__module__ == module.__name__ and name.startswith(tuple(KINDS) + UNSUPPORTED_PREFIXES):
-            targets.append((name, obj, None))
+# --- discovery ------------------------------------------------------------------------
 
-    found = []
-    for qualname, func, cls in targets:
-        short = qualname.rsplit(".", 1)[-1]
-        prefix = next((p for p in (*KINDS, *UNSUPPORTED_PREFIXES) if short.startswith(p)))
-        kind = KINDS.get(prefix, prefix.rstrip("_"))
-        owners = (func, cls) if cls is not None else (func,)  # asv reads no module-level attributes
-        check_attributes(file, f"{module_name}.{qualname}", owners)
-        names, grid = param_grid(cls if cls is not None else func)
-        repeat = lookup_attr("repeat", *owners, default=None)
-        for index, values in enumerate(grid):
-            found.append(
-                Benchmark(
-                    name=benchmark_name(module_name, qualname, names, values),
-                    file=str(file),
-                    module=module_name,
-                    qualname=qualname,
-                    param_index=index,
-                    params={n: _jsonable(v) for n, v in zip(names, values)},
-                    kind=kind,
-                    unit=lookup_attr("unit", *owners, default=DEFAULT_UNITS.get(kind, "unitless")),
-                    higher_is_better=bool(lookup_attr("higher_is_better", *owners, default=False)),
-                    sizes=tuple(lookup_attr("sizes", *owners, default=SIZES)),
-                    timeout=lookup_attr("timeout", *owners, default=None),
-                    number=lookup_attr("number", *owners, default=None) or None,
-                    repeat=list(repeat) if isinstance(repeat, tuple) else repeat,
-                    warmup_time=lookup_attr("warmup_time", *owners, default=None),
-                    sample_time=lookup_attr("sample_time", *owners, default=None),
-                    rounds=lookup_attr("rounds", *owners, default=None),
-                    unsupported=None if prefix in KINDS else f"{prefix} benchmarks are asv-only; run them with asv",
-                )
-            )
-    return found
+def suite_root(path: Path) -> Path:
+    """The benchmark dir ``path`` belongs to: the asv benchmark_dir that holds it, else the directory
+    itself, or a file's own directory."""
+    return asvconf.enclosing_suite(path) or (path if path.is_dir() else path.parent)
 
 
 def discover(paths: list[Path]) -> list[Benchmark]:
-    """Import every suite file under ``paths`` and list its benchmarks; raises SuiteLoadError."""
+    """Every benchmark under ``paths`` (suite directories or files), named as asv names them.
+
+    A module that fails to import is listed as one benchmark of kind ``import`` that carries its error;
+    a bad attribute raises SuiteLoadError (nothing may run then).
+    """
     benchmarks: list[Benchmark] = []
-    for file, module_name in suite_files(paths):
-        benchmarks += collect(import_suite(file, module_name), file, module_name)
-    return benchmarks
+    seen: set[tuple[Path, str]] = set()
+    for given in paths:
+        path = given.resolve()
+        if not path.exists():
+            raise SuiteLoadError(f"{given}: no such file or directory")
+        root = suite_root(path)
+        start, single = selection(root, path)
+        for found in walk(root, start, single):
+            if (root, found.name) not in seen:
+                seen.add((root, found.name))
+                benchmarks += benchmarks_of(found, root)
+    return shared_cache_timeouts(benchmarks)
 
 
-def resolve_target(module: ModuleType, qualname: str, param_index: int) -> tuple[Any, tuple[Any, ...], Any]:
-    """(owner instance or module, parameter values, bound callable) for one benchmark."""
-    if "." in qualname:
-        cls_name, meth_name = qualname.split(".", 1)
-        cls = getattr(module, cls_name)
-        _, grid = param_grid(cls)
-        instance = cls()
-        return instance, grid[param_index], getattr(instance, meth_name)
-    func = getattr(module, qualname)
-    _, grid = param_grid(func)
-    return module, grid[param_index], func
+def shared_cache_timeouts(benchmarks: list[Benchmark]) -> list[Benchmark]:
+    """asv's limit for a setup_cache: its own ``timeout``, else the longest ``timeout`` of the benchmarks that
+    share it, whichever of them makes the cache. Where one of them sets none, each keeps its own limit
+    (its timeout, else the suite size's default, worker.setup_cache_timeout)."""
+    timeouts: dict[tuple[str | None, str | None], list[float | None]] = {}
+    for b in benchmarks:
+        if b.setup_cache_key and b.setup_cache_timeout is None:
+            timeouts.setdefault((b.root, b.setup_cache_key), []).append(b.timeout)
+    longest = {key: max(t for t in values if t is not None) for key, values in timeouts.items() if None not in values}
+    return [replace(b, setup_cache_timeout=longest[key]) if (key := (b.root, b.setup_cache_key)) in longest else b
+            for b in benchmarks]
+
+
+def broken(found: Found, root: Path, error: str) -> Benchmark:
+    """The stand-in for a module that could not be imported: it fails, with ``error``, wherever it runs."""
+    return Benchmark(name=found.name or root.name, file=str(found.file), module=found.name, qualname="",
+                     param_index=0, params={}, kind="import", unit="", higher_is_better=False, sizes=SIZES,
+                     timeout=None, number=None, repeat=None, warmup_time=None, sample_time=None, root=str(root),
+                     import_error=error)
+
+
+def benchmarks_of(found: Found, root: Path) -> list[Benchmark]:
+    """The benchmarks of one module of the suite (or its stand-in, if it failed)."""
+    if found.module is None:
+        return [broken(found, root, found.error or "did not import")]
+    try:
+        return [b for key, attr, func, klass in candidates(found.module)
+                for b in expand(found, root, key, attr, func, klass)]
+    except SuiteLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a class that cannot be instantiated, a member that raises on access)
+        return [broken(found, root, f"{shown(found.file)}: listing its benchmarks failed: "
+                                    f"{one_line_error(exc, suite_files(root))}")]
+
+
+def candidates(module: ModuleType) -> list[tuple[str, str, Any, type | None]]:
+    """(key in the module, attribute, function, class or None) of every benchmark-like function that asv
+    looks at: public module functions, and the functions and methods of public non-abstract classes,
+    imported ones included (asv lists a class imported into two modules under both)."""
+    found = []
+    for key, obj in list(vars(module).items()):
+        if key.startswith("_"):
+            continue
+        if inspect.isclass(obj) and not inspect.isabstract(obj):
+            found += [(key, name, member, obj) for name, member in inspect.getmembers(obj)
+                      if inspect.isfunction(member) or inspect.ismethod(member)]
+        elif inspect.isfunction(obj):
+            found.append((key, key, obj, None))
+    return found
+
+
+def expand(found: Found, root: Path, key: str, attr: str, func: Any, klass: type | None) -> list[Benchmark]:
+    """One function's benchmarks, one per parameter combination; none if it is no benchmark or skipped."""
+    if getattr(func, "skip_benchmark", False):
+        return []
+    custom = getattr(func, "benchmark_name", None)  # asv's own name for it, read off the function alone
+    if custom is not None and not (isinstance(custom, str) and custom.strip()):
+        raise SuiteLoadError(f"{shown(found.file)}: benchmark {attr}: benchmark_name = {custom!r} is not valid; "
+                             "it must be a benchmark name")
+    kind = identity.kind_of(custom.split(".")[-1] if custom else attr)
+    if kind is None:
+        return []
+    assert found.module is not None
+    prefix = found.name.split(".") if found.name else []
+    if klass is None:
+        name, sources, qualname = custom or ".".join([*prefix, func.__name__]), [func, found.module], key
+    else:
+        instance = klass()
+        bound = getattr(instance, attr)
+        name, sources, qualname = custom or ".".join([*prefix, klass.__name__, attr]), [bound, instance, found.module], f"{key}.{attr}"
+    check_attributes(found.file, name, sources)
+    try:
+        spec = versioned(kind, sources)
+    except (ValueError, TypeError, OSError) as exc:
+        raise SuiteLoadError(f"{shown(found.file)}: benchmark {name}: {exc}") from None
+
+    names, value_lists = identity.param_lists(sources)
+    labels = identity.param_ids(value_lists)
+    skip_tuples = identity.first_attr(sources, "skip_params", [])
+    repeat = identity.first_attr(sources, "repeat")
+    number = identity.first_attr(sources, "number", 1 if kind == "timeraw" else None)
+    rounds = identity.first_attr(sources, "rounds", identity.first_attr(sources, "processes"))
+    common = dict(
+        file=str(found.file), module=found.name, qualname=qualname, kind=kind,
+        unit=identity.first_attr(sources, "unit", identity.DEFAULT_UNITS[kind]),
+        higher_is_better=bool(identity.first_attr(sources, "higher_is_better", False)),
+        sizes=tuple(identity.first_attr(sources, "sizes", SIZES)),
+        timeout=identity.first_attr(sources, "timeout"), number=number or None,
+        repeat=list(repeat) if isinstance(repeat, tuple) else repeat,
+        warmup_time=identity.first_attr(sources, "warmup_time"), sample_time=identity.first_attr(sources, "sample_time"),
+        rounds=rounds, root=str(root), attr=attr, asv_name=name, pretty_name=getattr(sources[0], "pretty_name", None),
+        min_run_count=identity.first_attr(sources, "min_run_count"), **spec,
+    )
+    missing = kind_unsupported(kind)
+    found_benchmarks = []
+    for index, picks in enumerate(itertools.product(*(range(len(v)) for v in value_lists))):
+        values = tuple(value_lists[k][j] for k, j in enumerate(picks))
+        chosen = [labels[k][j] for k, j in enumerate(picks)]
+        for param, value, label in zip(names, values, chosen):
+            if f"{id(value):x}" in label.lower():
+                raise SuiteLoadError(f"{shown(found.file)}: benchmark {name}: parameter {param} = {label} holds the "
+                                     "value's memory address, so its name would change every run; give "
+                                     f"{type(value).__name__} a __repr__ without it")
+        args = ", ".join(f"{n}={label}" for n, label in zip(names, chosen))
+        found_benchmarks.append(Benchmark(
+            name=f"{name}({args})" if names else name, param_index=index,
+            params={n: _jsonable(v, label) for n, v, label in zip(names, values, chosen)},
+            unsupported=missing or ("skipped by skip_params" if skipped_by(values, skip_tuples) else None),
+            **common,
+        ))
+    return found_benchmarks
+
+
+def versioned(kind: str, sources: list[Any]) -> dict[str, Any]:
+    """asv's version and code hash, and the setup_cache key and timeout, of a benchmark."""
+    setup_cache = identity.first_attr(sources, "setup_cache")
+    code = identity.source_code([sources[0], *identity.setups(sources), setup_cache])
+    if kind == "timeraw":
+        code = identity.timeraw_code(code, identity.timeraw_env(identity.first_attr(sources, "env")))
+    digest = identity.code_hash(code)
+    version = identity.first_attr(sources, "version")
+    cache_timeout = getattr(setup_cache, "timeout", None)
+    if cache_timeout is not None and not (_number(cache_timeout) and cache_timeout > 0):
+        raise ValueError(f"setup_cache.timeout = {cache_timeout!r} is not valid; it must be a number of seconds > 0")
+    return {"version": digest if version is None else str(version), "code_hash": digest,
+            "setup_cache_key": identity.setup_cache_key(setup_cache), "setup_cache_timeout": cache_timeout}
+
+
+def skipped_by(values: tuple[Any, ...], skip_tuples: Any) -> bool:
+    """asv's ``skip_params``: this combination of values is one of the tuples listed."""
+    try:
+        return tuple(values) in skip_tuples
+    except (TypeError, ValueError):  # values that cannot be compared (arrays) are never skipped
+        return False
+
+
+def kind_unsupported(kind: str) -> str | None:
+    """Why benchmarks of ``kind`` cannot run here, or None: mem_ sizes objects with pympler, as asv does."""
+    if kind == "mem" and importlib.util.find_spec("pympler") is None:
+        return "mem_ benchmarks measure object sizes with pympler, as asv does; pip install pympler"
+    return None
+
+
+# --- at run time ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """A benchmark resolved in a fresh process: the bound function, where its attributes come from
+    (asv's sources: method, instance, module), and its parameter values."""
+
+    func: Callable[..., Any]
+    sources: list[Any]
+    values: tuple[Any, ...]
+
+
+def load_target(bench: Benchmark) -> Target:
+    """Import the benchmark's module as part of its suite and find it; raises SuiteLoadError, or the
+    suite's own exception (a class that fails to instantiate)."""
+    if bench.root is None or bench.attr is None:
+        raise SuiteLoadError(f"{bench.name}: the benchmark spec has no suite root; list the suite again")
+    module = import_module(Path(bench.root), bench.module)
+    if bench.qualname == bench.attr:
+        func = getattr(module, bench.attr)
+        sources = [func, module]
+    else:
+        instance = getattr(module, bench.qualname[: -len(bench.attr) - 1])()
+        func = getattr(instance, bench.attr)
+        sources = [func, instance, module]
+    _, value_lists = identity.param_lists(sources)
+    return Target(func, sources, identity.combination(value_lists, bench.param_index))

@@ -5,6 +5,7 @@ records it and goes on. Usage (internal)::
 
     python -m perfwatch.worker discover OUT.json PATH...
     python -m perfwatch.worker run SPEC.json OUT.json
+    python -m perfwatch.worker setup-cache SPEC.json CACHE_DIR
     python -m perfwatch.worker serve
 
 ``serve`` keeps one benchmark live and answers requests one JSON line at a time on
@@ -20,6 +21,9 @@ It first writes ``{"serve": SERVE_PROTOCOL}``, then answers, in order:
 
 A failure is ``{"status": "failed" | "skipped", "error": "one line", "traceback": "..."}``.
 The budget is used as given: the parent resolves it once for both sides of a pair.
+
+``setup-cache`` runs a benchmark's asv ``setup_cache`` and pickles its result into CACHE_DIR; the
+worker of a benchmark that needs one starts it (setupcache.py).
 
 A worker does not outlive its runner: given ``$PERFWATCH_PARENT_PID`` it ends its whole tree
 when that process dies (PR_SET_PDEATHSIG), and given ``$PERFWATCH_WORKER_TIMEOUT`` it ends it
@@ -39,11 +43,15 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Callable, TypeVar
+from typing import IO, Any, TypeVar
 
-from perfwatch.bench.suite import Benchmark, SuiteLoadError, discover, import_suite, lookup_attr, resolve_target
+from perfwatch.bench import asvkinds, identity, setupcache
+from perfwatch.bench.package import SuiteLoadError, one_line_error, suite_files
+from perfwatch.bench.suite import Benchmark, Target, discover, load_target
+from perfwatch.errors import UserError
 from perfwatch.proctree import kill_tree
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -51,6 +59,7 @@ STATUS = Path("/proc/self/status")
 SERVE_PROTOCOL = 1  # paired.py looks for this name to tell whether a perfwatch can serve
 PARENT_ENV = "PERFWATCH_PARENT_PID"  # the runner: when it dies, so does this worker's tree
 TIMEOUT_ENV = "PERFWATCH_WORKER_TIMEOUT"  # the runner's timeout for this worker, in seconds
+DEFAULT_TIMEOUT = 60.0  # asv's default_benchmark_timeout: a setup_cache's limit when nothing sets one
 OWN_TIMEOUT_GRACE = 2.0  # the worker's own limit comes this much later: normally the runner's fires first
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -86,15 +95,15 @@ class Budget:
         return samples >= self.max_repeat or (samples >= self.min_repeat and elapsed >= self.max_time)
 
 
-def time_calls(func: Callable[[], Any], number: int) -> float:
-    """Seconds per call over ``number`` calls, with the GC paused as ``timeit`` does."""
+def time_calls(func: Callable[[], Any], number: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per call over ``number`` calls by ``clock`` (asv's ``timer``), with the GC paused as ``timeit`` does."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             func()
-        return (time.perf_counter() - start) / number
+        return (clock() - start) / number
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -110,15 +119,16 @@ def warm_up(func: Callable[[], Any], seconds: float) -> float:
     return time.perf_counter() - start
 
 
-def calibrate(func: Callable[[], Any], sample_time: float, warmup_time: float) -> tuple[int, float]:
-    """Warm up, then pick how many calls one sample needs to last ``sample_time``.
+def calibrate(timer: Callable[[int], float], sample_time: float, warmup_time: float) -> tuple[int, float]:
+    """Warm up, then pick how many calls one sample needs to last ``sample_time``; ``timer(n)`` gives the
+    seconds per call over ``n`` calls.
 
     Returns (number, seconds spent warming up); calibration calls count as warm-up.
     """
     start = time.perf_counter()
     number = 1
     while True:
-        per_call = time_calls(func, number)
+        per_call = timer(number)
         spent = time.perf_counter() - start
         if per_call * number >= sample_time:
             if spent >= warmup_time:
@@ -165,15 +175,27 @@ class Sampler:
     max_samples: int | None = None  # a cap where only the first samples are honest
 
 
-def prepare(bench: Benchmark, func: Callable[[], Any], budget: Budget, number: int | None = None) -> Sampler:
-    """Warm up (and calibrate a time_ benchmark, unless ``number`` or the benchmark fixes it)."""
-    if bench.kind == "time":
+def prepare(loaded: LoadedBenchmark, budget: Budget, number: int | None = None) -> Sampler:
+    """Warm up (and calibrate a time_ or timeraw_ benchmark, unless ``number`` or the benchmark fixes it)."""
+    bench, func = loaded.bench, loaded.call
+    if bench.kind in ("time", "timeraw"):
+        if bench.kind == "time":
+            clock = identity.first_attr(loaded.sources, "timer", time.perf_counter)
+            timer, warm = (lambda n: time_calls(func, n, clock)), func
+        else:
+            timer = asvkinds.raw_timer(func, identity.timeraw_env(identity.first_attr(loaded.sources, "env")))
+
+            def warm() -> None:  # one fresh interpreter, as a timeraw sample with number 1
+                timer(1)
         fixed = number or bench.number
         if fixed:
-            calls, warmup_s = fixed, warm_up(func, budget.warmup_time)
+            calls, warmup_s = fixed, warm_up(warm, budget.warmup_time)
         else:
-            calls, warmup_s = calibrate(func, budget.sample_time, budget.warmup_time)
-        return Sampler(lambda: time_calls(func, calls), calls, warmup_s)
+            calls, warmup_s = calibrate(timer, budget.sample_time, budget.warmup_time)
+        return Sampler(lambda: timer(calls), calls, warmup_s)
+
+    if bench.kind == "mem":
+        return Sampler(lambda: float(asvkinds.object_size(func())), 1, 0.0)
 
     if bench.kind == "peakmem":
         if not reset_peak_rss():  # without a reset only the first call's peak is honest
@@ -209,28 +231,24 @@ def prepare(bench: Benchmark, func: Callable[[], Any], budget: Budget, number: i
     raise ValueError(f"unknown benchmark kind {bench.kind!r}")
 
 
-def measure(bench: Benchmark, func: Callable[[], Any], budget: Budget) -> dict[str, Any]:
-    """Raw samples of one benchmark, within its budget."""
-    sampler = prepare(bench, func, budget)
+def measure(loaded: LoadedBenchmark, budget: Budget) -> dict[str, Any]:
+    """Raw samples of one benchmark, within its budget; asv's ``min_run_count`` timed calls at least
+    (as far as ``max_repeat`` allows) before ``max_time`` may end the sampling."""
+    sampler = prepare(loaded, budget)
     if sampler.max_samples is not None:
         cap = sampler.max_samples
         budget = replace(budget, min_repeat=min(budget.min_repeat, cap), max_repeat=min(budget.max_repeat, cap))
+    if loaded.bench.min_run_count and loaded.bench.kind in ("time", "timeraw"):
+        needed = math.ceil(loaded.bench.min_run_count / sampler.number)
+        budget = replace(budget, min_repeat=min(budget.max_repeat, max(budget.min_repeat, needed)))
     return {"samples": sample_loop(sampler.take, budget), "number": sampler.number, "warmup_s": sampler.warmup_s}
 
 
-def one_line_error(exc: BaseException, file: str) -> str:
-    """``Type: message (suite.py:LINE)``, naming the deepest line in the suite file."""
-    where = ""
-    for frame, line in traceback.walk_tb(exc.__traceback__):
-        if frame.f_code.co_filename == file:
-            where = f" ({Path(file).name}:{line})"
-    message = " ".join(str(exc).split()) or "(no message)"
-    return f"{type(exc).__name__}: {message}{where}"
-
-
 def failed(exc: BaseException, bench: Benchmark, stage: str = "") -> dict[str, Any]:
-    """The failure payload: a one-line error (prefixed by the stage, e.g. ``setup: ``) and the traceback."""
-    return {"status": "failed", "error": stage + one_line_error(exc, bench.file),
+    """The failure payload: a one-line error (prefixed by the stage, e.g. ``setup: ``) naming the suite's
+    deepest line, and the traceback."""
+    files = (suite_files(Path(bench.root)) if bench.root else set()) | {Path(bench.file)}
+    return {"status": "failed", "error": stage + one_line_error(exc, files),
             "traceback": "".join(traceback.format_exception(exc))}
 
 
@@ -241,31 +259,60 @@ def skipped(exc: NotImplementedError, default: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LoadedBenchmark:
-    """A benchmark imported and set up: ``call`` runs it once, ``teardown`` (if any) undoes setup."""
+    """A benchmark imported and set up: ``call`` runs it once, ``teardown`` (if any) undoes setup;
+    ``sources`` are where its attributes come from (method, instance, module), as in asv."""
 
     bench: Benchmark
     call: Callable[[], Any]
     teardown: Callable[[], Any] | None
+    sources: list[Any]
+
+
+def setup_cache_timeout(bench: Benchmark) -> float:
+    """asv's limit for a setup_cache: its own ``timeout``, else the benchmark's, else this worker's."""
+    return float(bench.setup_cache_timeout or bench.timeout or os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+
+
+def cached_value(bench: Benchmark) -> tuple[Any, ...]:
+    """``(value,)`` of the benchmark's setup_cache, made once per run, and this worker moved into its
+    directory (as asv does); ``()`` without a setup_cache or when it returned None (asv passes nothing then)."""
+    if not bench.setup_cache_key:
+        return ()
+    directory = setupcache.ensure(bench, setup_cache_timeout(bench), {PARENT_ENV: str(os.getpid())})
+    value = setupcache.load(directory)
+    os.chdir(directory)
+    return () if value is None else (value,)
 
 
 def load_benchmark(bench: Benchmark) -> LoadedBenchmark | dict[str, Any]:
-    """Import the suite and run ``setup``; a failure payload instead when either fails."""
+    """Import the suite, make or load its setup_cache and run every ``setup`` (module, class, method, as asv
+    does); a failure payload instead when one of them fails."""
+    if bench.import_error:
+        return {"status": "failed", "error": bench.import_error}
     try:
-        module = import_suite(Path(bench.file), bench.module)
-        owner, values, func = resolve_target(module, bench.qualname, bench.param_index)
-    except (SuiteLoadError, AttributeError, IndexError) as exc:
+        target: Target = load_target(bench)
+    except SuiteLoadError as exc:
         return {"status": "failed", "error": str(exc), "traceback": "".join(traceback.format_exception(exc))}
-
-    setup = lookup_attr("setup", func, owner)
-    teardown = lookup_attr("teardown", func, owner)
+    except Exception as exc:  # noqa: BLE001  (the suite's own: a class that fails to instantiate, params that changed)
+        return failed(exc, bench)
     try:
-        if setup is not None:
-            setup(*values)
+        args = cached_value(bench) + target.values
+    except setupcache.SetupCacheFailed as exc:
+        return {"status": "failed", "error": f"setup_cache: {exc}"}
+    try:
+        for setup in identity.setups(target.sources):
+            setup(*args)
     except NotImplementedError as exc:
         return skipped(exc, "skipped by setup (NotImplementedError)")
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001  (a worker reports the suite's failure, never raises it)
         return failed(exc, bench, "setup: ")
-    return LoadedBenchmark(bench, lambda: func(*values), (lambda: teardown(*values)) if teardown else None)
+    hooks = identity.teardowns(target.sources)
+
+    def teardown() -> None:
+        for hook in hooks:
+            hook(*args)
+
+    return LoadedBenchmark(bench, lambda: target.func(*args), teardown if hooks else None, target.sources)
 
 
 def unload_benchmark(loaded: LoadedBenchmark) -> dict[str, Any] | None:
@@ -274,7 +321,7 @@ def unload_benchmark(loaded: LoadedBenchmark) -> dict[str, Any] | None:
         return None
     try:
         loaded.teardown()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (as above)
         return failed(exc, loaded.bench, "teardown: ")
     return None
 
@@ -285,21 +332,27 @@ def run_benchmark(bench: Benchmark, budget: Budget) -> dict[str, Any]:
     if not isinstance(loaded, LoadedBenchmark):
         return loaded
     try:
-        result = measure(bench, loaded.call, budget.for_benchmark(bench))
+        result = measure(loaded, budget.for_benchmark(bench))
         result["status"] = "ok"
     except NotImplementedError as exc:
         result = skipped(exc, "skipped (NotImplementedError)")
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001  (a worker reports the suite's failure, never raises it)
         result = failed(exc, bench)
     return unload_benchmark(loaded) or result
 
 
 def discover_payload(paths: list[Path]) -> dict[str, Any]:
-    """The benchmarks under ``paths`` as dicts, or the import error."""
+    """The benchmarks under ``paths`` as dicts (a module that failed to import as one of kind ``import``),
+    or the error: a bad attribute, or a suite where no module imported."""
     try:
-        return {"benchmarks": [b.to_dict() for b in discover(paths)]}
-    except SuiteLoadError as exc:
+        benchmarks = discover(paths)
+    except (SuiteLoadError, UserError) as exc:
         return {"error": str(exc)}
+    broken = [b.import_error for b in benchmarks if b.import_error]
+    if broken and len(broken) == len(benchmarks):
+        more = f" (and {len(broken) - 1} more suite files failed to import)" if len(broken) > 1 else ""
+        return {"error": broken[0] + more}
+    return {"benchmarks": [b.to_dict() for b in benchmarks]}
 
 
 class ServedBenchmark:
@@ -316,10 +369,10 @@ class ServedBenchmark:
             return loaded
         self.loaded = loaded
         try:
-            self.sampler = prepare(bench, loaded.call, Budget(**request["budget"]), request.get("number"))
+            self.sampler = prepare(loaded, Budget(**request["budget"]), request.get("number"))
         except NotImplementedError as exc:
             return skipped(exc, "skipped (NotImplementedError)")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (a worker reports the suite's failure, never raises it)
             return failed(exc, bench)
         s = self.sampler
         return {"status": "ok", "number": s.number, "warmup_s": s.warmup_s, "max_samples": s.max_samples}
@@ -331,7 +384,7 @@ class ServedBenchmark:
             return {"status": "ok", "sample": self.sampler.take()}
         except NotImplementedError as exc:
             return skipped(exc, "skipped (NotImplementedError)")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (a worker reports the suite's failure, never raises it)
             return failed(exc, self.loaded.bench)
 
     def close(self) -> dict[str, Any]:
@@ -430,8 +483,11 @@ def main(argv: list[str]) -> int:
     if mode == "discover":
         out, payload = Path(argv[1]), discover_payload([Path(p) for p in argv[2:]])
     elif mode == "run":
-        spec, out = json.loads(Path(argv[1]).read_text()), Path(argv[2])
+        spec, out = json.loads(Path(argv[1]).read_text()), Path(argv[2]).resolve()  # setup_cache moves the cwd
         payload = run_benchmark(Benchmark.from_dict(spec["benchmark"]), Budget(**spec["budget"]))
+    elif mode == "setup-cache":
+        setupcache.make(Benchmark.from_dict(json.loads(Path(argv[1]).read_text())), Path(argv[2]))
+        return 0
     else:
         print(f"unknown worker mode {mode!r}", file=sys.stderr)
         return 2

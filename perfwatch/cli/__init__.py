@@ -15,6 +15,7 @@ import traceback
 import click
 
 from perfwatch.cli import (  # noqa: F401  (registers the commands)
+    asvimport,
     bench,
     bisect,
     grafana,

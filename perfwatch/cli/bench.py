@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -18,12 +20,29 @@ from rich.progress import (
 from rich.table import Table
 
 from perfwatch import display
-from perfwatch.bench import runner
+from perfwatch.bench import asvconf, runner
 from perfwatch.bench.suite import Benchmark
 from perfwatch.cli.app import cli, config_of, err, out, paths_argument, prepare_store, results_dir_option, store_of
 from perfwatch.config import SIZES
 from perfwatch.errors import BenchmarkFailed
 from perfwatch.results import BenchResult
+
+
+def suite_paths(ctx: click.Context, paths: tuple[Path, ...]) -> list[Path]:
+    """The paths given, else perfwatch's configured ones, else the benchmark_dir of an asv project here,
+    else ./suites or the reference suites."""
+    return list(paths) or runner.default_paths(asvconf.configured_paths(config_of(ctx).paths, Path.cwd()))
+
+
+def split_broken(benchmarks: list[Benchmark]) -> tuple[list[Benchmark], list[Benchmark]]:
+    """(benchmarks, stand-ins of the suite modules that failed to import)."""
+    return [b for b in benchmarks if not b.import_error], [b for b in benchmarks if b.import_error]
+
+
+def not_imported(broken: list[Benchmark]) -> str:
+    """``N suite file(s) failed to import and was/were skipped``."""
+    several = len(broken) != 1
+    return f"{len(broken)} suite file{'s' if several else ''} failed to import and {'were' if several else 'was'} skipped"
 
 
 @cli.command()
@@ -36,10 +55,12 @@ from perfwatch.results import BenchResult
 @click.pass_context
 def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: str | None,
         as_json: bool, results_dir: Path | None) -> None:
-    """Run benchmark suites (default: ./suites or the reference suites) and store the run.
+    """Run benchmark suites (default: the asv project's benchmark_dir, ./suites or the reference suites)
+    and store the run.
 
     Each benchmark runs in its own process with warm-up, calibrated repeats and a
-    timeout; every raw sample is kept. Exits 3 if any benchmark failed. A run stopped
+    timeout; every raw sample is kept. Exits 3 if any benchmark failed or a suite file
+    failed to import (it is reported, recorded as failed, and the rest runs). A run stopped
     by Ctrl-C or SIGTERM stores the benchmarks it finished; one killed outright is
     cleaned up, its finished benchmarks stored, by the next run.
     """
@@ -47,10 +68,12 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
     size = size or config.suite
     store = store_of(ctx, results_dir)
     prepare_store(store, results_dir)
-    suite_paths = list(paths) or runner.default_paths(config.paths)
-    benchmarks = runner.select(runner.discover(suite_paths, size), size, pattern)
+    paths_run = suite_paths(ctx, paths)
+    found, broken = split_broken(runner.discover(paths_run, size))
+    benchmarks = runner.select(found, size, pattern)
     if not benchmarks:
-        raise runner.nothing_selected(size, suite_paths, pattern)
+        raise runner.nothing_selected(size, paths_run, pattern)
+    benchmarks = broken + benchmarks  # a file that did not import fails the run whatever the filter
 
     warning = runner.busy_warning()
     if warning:
@@ -79,26 +102,49 @@ def run(ctx: click.Context, paths: tuple[Path, ...], size: str | None, pattern: 
     if as_json:
         click.echo(record.to_json())
     if record.failed:
-        raise BenchmarkFailed(f"{len(record.failed)} of {len(record.benchmarks)} benchmarks failed; see the table above")
+        failed_runs = len(record.failed) - len(broken)
+        parts = [f"{failed_runs} of {len(record.benchmarks) - len(broken)} benchmarks failed"] if failed_runs else []
+        if broken:
+            parts.append(not_imported(broken))
+        raise BenchmarkFailed(f"{'; '.join(parts)}; see the table above")
 
 
 @cli.command("list")
 @paths_argument
 @click.option("--suite", "size", type=click.Choice(SIZES), default=None,
               help="List only the benchmarks of this suite size (default: all sizes).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {benchmarks: [spec...], import_errors: [line...]} as JSON (names, versions, attributes).")
 @click.pass_context
-def list_benchmarks(ctx: click.Context, paths: tuple[Path, ...], size: str | None) -> None:
-    """List the benchmarks in suite files or directories, with their parameters."""
-    suite_paths = list(paths) or runner.default_paths(config_of(ctx).paths)
-    benchmarks = runner.discover(suite_paths, size or "full")
+def list_benchmarks(ctx: click.Context, paths: tuple[Path, ...], size: str | None, as_json: bool) -> None:
+    """List the benchmarks in suite files or directories, with their parameters.
+
+    A suite file that fails to import is reported on stderr, one line each, and left out (exit 3).
+    """
+    benchmarks, broken = split_broken(runner.discover(suite_paths(ctx, paths), size or "full"))
     if size:
         benchmarks = runner.select(benchmarks, size)
+    if as_json:
+        click.echo(json.dumps({"benchmarks": [asdict(b) for b in benchmarks],
+                               "import_errors": [b.import_error for b in broken]}, indent=2))
+    else:
+        print_listing(benchmarks, broken)
+    if broken:
+        raise BenchmarkFailed(not_imported(broken) + ("; see import_errors" if as_json else "; see the warnings above"))
+
+
+def print_listing(benchmarks: list[Benchmark], broken: list[Benchmark]) -> None:
+    """The table of benchmarks, after one warning line per suite file that failed to import."""
+    for b in broken:
+        err.print(f"[yellow]warning:[/] {escape(b.import_error or '')}; its benchmarks are left out", soft_wrap=True)
+    pretty = any(b.pretty_name for b in benchmarks)
     table = Table()
-    for column in ("benchmark", "kind", "unit", "suites"):
+    for column in ("benchmark", *(("pretty name",) if pretty else ()), "kind", "unit", "suites"):
         table.add_column(column, overflow="fold")
     for b in benchmarks:
         unit = b.unit + (" ↑" if b.higher_is_better else "")
-        table.add_row(escape(b.name), b.kind, escape(unit), ",".join(s for s in SIZES if s in b.sizes))
+        shown_pretty = (escape(b.pretty_name or ""),) if pretty else ()
+        table.add_row(escape(b.name), *shown_pretty, b.kind, escape(unit), ",".join(s for s in SIZES if s in b.sizes))
     out.print(table)
     out.print(f"{len(benchmarks)} benchmarks")
 
