@@ -5,6 +5,8 @@
     PerfwatchError                     raised on purpose; the message is one line
     ├── UserError                      exit 2: bad input, named, with what to do
     │   ├── ThresholdError             (also a ValueError) a threshold spec that cannot be read
+    │   ├── StoreUnavailable           a store that cannot take a run now (server away, file locked)
+    │   ├── RunExists                  a run of that id is stored already: never overwritten
     │   └── WatchedProcessNotFound     (also a ProcessLookupError) no process with the PID to watch
     ├── BenchmarkFailed                exit 3: a benchmark or a watched command failed
     └── RegressionFound                exit 1: a confirmed performance regression
@@ -44,6 +46,16 @@ class UserError(PerfwatchError):
 
 class ThresholdError(UserError, ValueError):
     """A threshold spec that cannot be read; a ValueError, and a UserError for the CLI (exit 2)."""
+
+
+class StoreUnavailable(UserError):
+    """The store cannot be reached now (its server is down or away, its file locked): trying again later
+    may work, so ``run`` measures anyway and the run waits in the spool for ``perfwatch store sync``."""
+
+
+class RunExists(UserError):
+    """A run with that id is stored already (an import or a sync that another process got to first);
+    nothing is overwritten, and a caller that only wants the run kept takes it as done."""
 
 
 class WatchedProcessNotFound(UserError, ProcessLookupError):

@@ -19,6 +19,14 @@ use ``with`` and register ``stop`` as a finalizer::
     server.wait_for("perfwatch_train_steps_total > 0", timeout=30)
     gateway.metrics()                       # the Pushgateway's groups, /api/v1/metrics
 
+PostgreSQL (Debian's ``postgresql``) is one server per test module, a fresh database per test::
+
+    postgres = postgres_fixture()           # in the test module: one server for the module
+
+    def test_x(postgres):
+        url = postgres.new_database()       # postgresql://perfwatch:<password>@127.0.0.1:PORT/db_N
+        postgres.shown(url)                 # the same URL as perfwatch shows it: postgresql://***@...
+
 Servers never listen beyond 127.0.0.1 (Alertmanager's cluster port is switched off),
 and their logs stay in their directory for the failure message.
 """
@@ -26,18 +34,22 @@ and their logs stay in their directory for the failure message.
 from __future__ import annotations
 
 import functools
+import glob
+import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import yaml
@@ -90,10 +102,10 @@ def _apt_install(package: str) -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # Wait for a concurrent apt (another test session installing) instead of failing at once.
     install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q", "--no-install-recommends", package]
-    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    result = subprocess.run(install, check=False, capture_output=True, text=True, env=env)
     if result.returncode != 0:  # a fresh image has no package lists yet
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-        result = subprocess.run(install, capture_output=True, text=True, env=env)
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True, env=env)
+        result = subprocess.run(install, check=False, capture_output=True, text=True, env=env)
     return (result.stderr.strip().splitlines() or ["apt-get install failed"])[-1]
 
 
@@ -176,24 +188,35 @@ class Server:
     def prepare(self) -> None:
         """Write what the server reads at start (config files); called before each start."""
 
+    def executable(self) -> str:
+        return binary(self.name)
+
+    def next_port(self, attempt: int) -> int:
+        """The port to try at the ``attempt``-th try of a start."""
+        return free_port()
+
+    def popen_options(self) -> dict[str, Any]:
+        """More keyword arguments for the server's Popen."""
+        return {}
+
     def start(self) -> Server:
         """Start on a free port and return once it answers ``ready_path``."""
         if self.process is not None:
             raise RuntimeError(f"{self.name} already started")
-        executable = binary(self.name)
+        executable = self.executable()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        for _ in range(_PORT_ATTEMPTS):
-            self.port = free_port()
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = self.next_port(attempt)
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
                     [executable, *self.arguments(self.port)], cwd=self.workdir,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **self.popen_options(),
                 )
             if self._wait_ready():
                 return self
             self.process = None
-            if "address already in use" not in self.log_tail():
+            if not any(words in self.log_tail() for words in ("address already in use", "could not bind")):
                 break
         raise RuntimeError(f"{self.name} did not start: {self.log_tail()}")
 
@@ -238,7 +261,7 @@ class Server:
         query = urllib.parse.urlencode(params, doseq=True)
         return http_get_json(f"{self.url}{path}" + (f"?{query}" if query else ""))
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -352,3 +375,112 @@ class Alertmanager(Server):
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts it holds now (API v2), each with ``labels``, ``annotations`` and ``status``."""
         return self.get_json("/api/v2/alerts")
+
+
+class Postgres(Server):
+    """A PostgreSQL server in ``workdir``: its own cluster (``initdb``), the superuser ``perfwatch`` with
+    ``password`` (scram-sha-256 over TCP), on a free port of 127.0.0.1 and a socket in ``workdir``. As root
+    it runs as the ``postgres`` user, since the server refuses root. Stopped by its PID (fast shutdown)."""
+
+    name = "postgres"
+    user = "perfwatch"
+    password = "pg-s3cret-hunter2"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self._databases = itertools.count(1)
+        self.bin_dir = self.locate()
+        self.run_as = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+
+    @staticmethod
+    def locate() -> Path:
+        """The newest installed server's bin directory; installs Debian's ``postgresql`` if none is."""
+        if not glob.glob("/usr/lib/postgresql/*/bin/postgres"):
+            reason = _apt_install("postgresql")
+            if not glob.glob("/usr/lib/postgresql/*/bin/postgres"):
+                pytest.skip(f"PostgreSQL not found and Debian's postgresql could not be installed: {reason}")
+        return Path(max(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))).parent
+
+    @property
+    def url(self) -> str:
+        """The server's ``postgres`` database, with the password."""
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{name}"
+
+    def shown(self, url: str) -> str:
+        """``url`` as perfwatch prints it: the userinfo hidden."""
+        return url.replace(f"{self.user}:{self.password}@", "***@")
+
+    def prepare(self) -> None:
+        if (self.workdir / "data").exists():
+            return
+        if self.run_as:
+            shutil.chown(self.workdir, **self.run_as)
+        (self.workdir / "pw").write_text(self.password)
+        if self.run_as:
+            shutil.chown(self.workdir / "pw", **self.run_as)
+        subprocess.run([str(self.bin_dir / "initdb"), "-D", str(self.workdir / "data"), "-U", self.user,
+                        "--auth=scram-sha-256", f"--pwfile={self.workdir / 'pw'}", "--no-sync"],
+                       check=True, capture_output=True, cwd=self.workdir, **self.run_as)
+
+    def executable(self) -> str:
+        return str(self.bin_dir / "postgres")
+
+    def next_port(self, attempt: int) -> int:
+        """Started again after ``stop()``, on the port it had, so that its URLs stay valid."""
+        return self.port if self.port is not None and attempt == 0 else free_port()
+
+    def popen_options(self) -> dict[str, Any]:
+        return self.run_as
+
+    def arguments(self, port: int) -> list[str]:
+        return ["-D", str(self.workdir / "data"), "-p", str(port), "-k", str(self.workdir),
+                "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+
+    def _ready(self) -> bool:
+        ready = subprocess.run([str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+                               check=False, capture_output=True)
+        return ready.returncode == 0
+
+    def stop(self) -> None:
+        """SIGINT (fast shutdown: clients are disconnected), then SIGQUIT if it lingers."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGQUIT)
+            process.wait()
+
+    def sql(self, statement: str, database: str = "postgres") -> list[tuple]:
+        """Run one statement (autocommit) and return its rows."""
+        import psycopg
+
+        with psycopg.connect(self.database_url(database), autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    def new_database(self) -> str:
+        """The URL (with the password) of a new, empty database."""
+        name = f"db_{next(self._databases)}"
+        self.sql(f"CREATE DATABASE {name}")
+        return self.database_url(name)
+
+
+def postgres_fixture():
+    """A module-scoped fixture of one PostgreSQL server; each test takes a database of its own (new_database)."""
+
+    @pytest.fixture(scope="module")
+    def postgres():
+        home = Path(tempfile.mkdtemp(prefix="perfwatch-pg-"))  # not under pytest's, which only root may enter
+        try:
+            with Postgres(home) as server:
+                yield server
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+    return postgres

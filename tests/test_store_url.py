@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 from helpers import (
@@ -22,9 +17,11 @@ from helpers import (
     run_perfwatch,
     write_suite,
 )
-from servers import free_port
+from servers import postgres_fixture
 
-from perfwatch.store import Store
+from perfwatch.results import BenchResult, RunRecord
+from perfwatch.store import Store, open_store
+from perfwatch.store.base import RunFilter
 
 TRACK = '''
 def track_answer():
@@ -78,7 +75,7 @@ def test_store_import_export_and_info_round_trip_a_results_document(tmp_path):
     assert exported.returncode == 0 and (tmp_path / "out.json").read_text() == files[1].read_text()
     info = run_perfwatch("store", "info", "--json", cwd=tmp_path)
     assert json.loads(info.stdout) == {"store": "sqlite:///.perfwatch/perfwatch.db", "backend": "sqlite", "runs": 2,
-                                       "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "schema_version": 1}
+                                       "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "pending": 0, "schema_version": 1}
 
 
 def test_the_store_is_chosen_by_option_environment_or_settings(tmp_path):
@@ -135,43 +132,11 @@ def test_two_runs_writing_one_sqlite_file_at_once_are_both_stored(tmp_path):
 
 # --- a shared PostgreSQL server ------------------------------------------------------------------
 
-PG_PASSWORD = "pg-s3cret-hunter2"
-
-
-def as_postgres(*command: str) -> list[str]:
-    """The server refuses to run as root: run its tools as the postgres user."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
-
-
-@pytest.fixture
-def postgres():
-    """A PostgreSQL server of its own, in a temporary directory, on a free port of 127.0.0.1,
-    with a password; its URL without the password is ``postgres.url``. Stopped at the end."""
-    tools = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not tools:
-        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
-    bin_dir = Path(tools[-1])
-    home = Path(tempfile.mkdtemp(prefix="perfwatch-pg-"))
-    (home / "pw").write_text(PG_PASSWORD)
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-        shutil.chown(home / "pw", "postgres")
-    port = free_port()
-    try:
-        subprocess.run(as_postgres(str(bin_dir / "initdb"), "-D", str(home / "data"), "-U", "perfwatch",
-                                   "--auth=scram-sha-256", f"--pwfile={home / 'pw'}"), check=True, capture_output=True)
-        subprocess.run(as_postgres(str(bin_dir / "pg_ctl"), "-D", str(home / "data"), "-l", str(home / "log"), "-w",
-                                   "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"),
-                       check=True, capture_output=True)
-        yield f"postgresql://perfwatch@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(as_postgres(str(bin_dir / "pg_ctl"), "-D", str(home / "data"), "-m", "fast", "-w", "stop"),
-                       check=False, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+postgres = postgres_fixture()
 
 
 def test_a_postgresql_store_keeps_runs_and_never_shows_the_password(tmp_path, postgres):
-    url = postgres.replace("perfwatch@", f"perfwatch:{PG_PASSWORD}@")
+    url = postgres.new_database()
     files = documents(tmp_path / "old", BASELINE, CLEAN)
     env = {"PERFWATCH_STORE": url}
     imported = run_perfwatch("store", "import", "old", cwd=tmp_path, env=env)
@@ -180,9 +145,43 @@ def test_a_postgresql_store_keeps_runs_and_never_shows_the_password(tmp_path, po
     exported = run_perfwatch("store", "export", CLEAN.run_id[:10], cwd=tmp_path, env=env)
     assert exported.returncode == 0 and exported.stdout == files[1].read_text()
     info = json.loads(run_perfwatch("store", "info", "--json", cwd=tmp_path, env=env).stdout)
-    assert info == {"store": postgres.replace("perfwatch@", "***@"), "backend": "postgresql", "runs": 2,
-                    "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "schema_version": 1}
-    refused = run_perfwatch("runs", "--store", url.replace(PG_PASSWORD, "wrong-password-123"), cwd=tmp_path)
+    assert info == {"store": postgres.shown(url), "backend": "postgresql", "runs": 2,
+                    "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "pending": 0, "schema_version": 1}
+    refused = run_perfwatch("runs", "--store", url.replace(postgres.password, "wrong-password-123"), cwd=tmp_path)
     assert_one_line_error(refused, "cannot open the store", "password authentication failed")
     for proc in (imported, exported, refused):
-        assert PG_PASSWORD not in proc.stdout + proc.stderr and "wrong-password-123" not in proc.stderr
+        assert postgres.password not in proc.stdout + proc.stderr and "wrong-password-123" not in proc.stderr
+
+
+# Text no database holds as it is: a lone surrogate (no UTF-8), NUL (PostgreSQL refuses it), and a string
+# that starts with the mark of an escaped one.
+UNHOLDABLE = RunRecord(
+    run_id="20260101T000000Z-\udcff", created="2026-01-01T00:00:00+00:00", suite="quick",
+    env={"host": "caf\udcff", "git_commit": None, "git_dirty": False, "git_branch": "\uffffmain"},
+    benchmarks=[BenchResult(name="caf\udcff.time_x(p='\x00')", params={"p\ud800": "\x00"}, kind="time",
+                            unit="caf\udcff", higher_is_better=False, status="failed", error="lone \ud800 high",
+                            samples=[1.0]),
+                BenchResult(name="cafe.time_y", params={}, kind="time", unit="seconds", higher_is_better=False,
+                            status="ok", samples=[2.0])])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_text_no_database_can_hold_is_stored_as_given(tmp_path, request, backend):
+    url = f"sqlite:///{tmp_path / 'hostile.db'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+    store = open_store(url)
+    store.save(UNHOLDABLE)
+    assert open_store(url).load(UNHOLDABLE.run_id).to_dict() == UNHOLDABLE.to_dict()
+    for pattern, names in [("caf?.time_x*", ["caf\udcff.time_x(p='\x00')"]), ("caf\udcff.*", ["caf\udcff.time_x(p='\x00')"]),
+                           ("cafe.time_y", ["cafe.time_y"]), ("*", ["caf\udcff.time_x(p='\x00')", "cafe.time_y"])]:
+        [run] = store.select(RunFilter(benchmark=pattern, branch="\uffffmain"))
+        assert [b.name for b in run.benchmarks] == names, pattern
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_counts_the_run_list_in_its_query_as_the_documents_say(tmp_path, request, backend):
+    url = f"sqlite:///{tmp_path / 'runs.db'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+    database, directory = open_store(url), Store(tmp_path / "docs")
+    for store in (database, directory):
+        store.import_runs([BASELINE, BAD, CLEAN])
+    assert database.summaries() == directory.summaries()
+    assert [(s.benchmarks, s.failed) for s in database.summaries()] == [(6, 0), (6, 0), (6, 1)]  # BAD is the latest

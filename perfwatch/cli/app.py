@@ -86,10 +86,13 @@ def results_dir_option(command):
 
 def prepare_store(store: RunStore, results_dir: Path | None) -> None:
     """Before a suite runs: the store opens (a database) or takes a file (a directory), and what an
-    earlier killed run left is cleaned up, said in one line; never an error found after the suite."""
+    earlier killed run left is cleaned up, said in one line; never an error found after the suite. A
+    database that cannot be reached now is a warning: the run will wait in the spool."""
     if store.backend == "directory":
         runner.check_writable(store.root, setting="results_dir" if results_dir else "store")
-    store.ready()
+    away = store.ready()
+    if away:
+        err.print(f"[yellow]warning:[/] {escape(away)}", soft_wrap=True)
     cleaned = runner.clean_leftovers(store)
     if cleaned:
         err.print(f"[yellow]note:[/] {escape(cleaned)}", soft_wrap=True)

@@ -173,8 +173,8 @@ def runs(ctx: click.Context, results_dir: Path | None) -> None:
     table = Table(title=escape(str(store.root)), title_justify="left")
     for column in ("run", "created", "suite", "commit", "benchmarks", "failed"):
         table.add_column(column)
-    for record in store.runs():
-        commit = (record.env.get("git_commit") or "-")[:10] + ("+dirty" if record.env.get("git_dirty") else "")
-        table.add_row(escape(record.run_id), escape(record.created), escape(record.suite or "?"), escape(commit),
-                      str(len(record.benchmarks)), str(len(record.failed)))
+    for run in store.summaries():  # a database counts in its query, without loading any sample
+        commit = (run.commit or "-")[:10] + ("+dirty" if run.dirty else "")
+        table.add_row(escape(run.run_id), escape(run.created), escape(run.suite or "?"), escape(commit),
+                      str(run.benchmarks), str(run.failed))
     out.print(table)

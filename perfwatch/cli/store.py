@@ -1,4 +1,5 @@
-"""``perfwatch store``: bring results documents into the store, take one out, say what is in it."""
+"""``perfwatch store``: bring results documents into the store, take one out, say what is in it, and
+store the runs that wait in the local spool."""
 
 from __future__ import annotations
 
@@ -68,10 +69,29 @@ def store_export(ctx: click.Context, run_ref: str | None, path: Path | None, res
 @results_dir_option
 @click.pass_context
 def store_info(ctx: click.Context, as_json: bool, results_dir: Path | None) -> None:
-    """Where runs are stored, the backend, its schema version, how many runs and the oldest and latest."""
+    """Where runs are stored, the backend, its schema version, how many runs, the oldest and latest, and how
+    many runs wait in the local spool for it (`perfwatch store sync`)."""
     info = store_of(ctx, results_dir).info()
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
     for key, value in info.items():
         out.print(f"{key}: {escape(str('-' if value is None else value))}")
+
+
+@store.command("sync")
+@results_dir_option
+@click.pass_context
+def store_sync(ctx: click.Context, results_dir: Path | None) -> None:
+    """Store the runs that wait in the local spool (.perfwatch/spool) because the store could not take them
+    when they were made; a run already stored is not stored twice, so it is safe to run again."""
+    target = store_of(ctx, results_dir)
+    synced = target.sync()
+    root = escape(str(target.root))
+    already = f" ({len(synced.already)} already stored)" if synced.already else ""
+    out.print(f"stored {len(synced.stored)} waiting run{'s' if len(synced.stored) != 1 else ''} in {root}{already}")
+    for other, count in synced.elsewhere.items():
+        out.print(f"{count} run{'s wait' if count != 1 else ' waits'} for another store: {escape(other)}")
+    if synced.error is not None:
+        raise UserError(f"{synced.error}; {synced.left} run{'s still wait' if synced.left != 1 else ' still waits'} in "
+                        f"{target.spool.root}: run `perfwatch store sync` again once the store takes them")

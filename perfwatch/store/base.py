@@ -1,5 +1,6 @@
 """What every store offers the commands: save a run, load one by reference, list them all (or
-those a history asks for: RunFilter, which a database turns into its query).
+those a history asks for: RunFilter, which a database turns into its query, down to the benchmarks;
+or a line each without their samples: RunSummary), and store what waits for it in the spool (sync).
 
 A reference is a results file (a path ending in ``.json`` or holding a separator: read as is,
 whatever the store), a run id, a unique prefix of one, or ``latest``. Listings skip a run that
@@ -11,13 +12,15 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfwatch import stats
-from perfwatch.errors import UserError
+from perfwatch.errors import RunExists, StoreUnavailable, UserError
 from perfwatch.results import RunRecord
+from perfwatch.store.spool import Spool, Synced
 
 if TYPE_CHECKING:
     import pandas
@@ -32,12 +35,15 @@ class RunFilter:
 
     ``machine``: a machine id, a prefix of one, or a host name. ``branch``: the branch the run was made
     on. ``since``: a UTC time in the form ``created`` has; a run passes if its commit is that new, or,
-    without a commit time, if it was made since.
+    without a commit time, if it was made since. ``benchmark``: a benchmark name or an fnmatch glob; it
+    lets every run through, holding only its benchmarks of that name (so one benchmark's history does
+    not read every result of every run).
     """
 
     machine: str | None = None
     branch: str | None = None
     since: str | None = None
+    benchmark: str | None = None
 
     def machine_matches(self, machine_id: str | None, host: str | None) -> bool:
         return self.machine is None or (machine_id or "").startswith(self.machine) or host == self.machine
@@ -50,12 +56,40 @@ class RunFilter:
             return False
         return self.since is None or (env.get("git_commit_time") or run.created) >= self.since
 
+    def wants(self, name: str) -> bool:
+        """Whether the benchmark ``name`` is one ``benchmark`` asks for (as `perfwatch history BENCH` matches)."""
+        return self.benchmark is None or name == self.benchmark or fnmatchcase(name, self.benchmark)
+
+    def trim(self, run: RunRecord) -> RunRecord:
+        """``run`` holding only the benchmarks asked for."""
+        if self.benchmark is None:
+            return run
+        return replace(run, benchmarks=[b for b in run.benchmarks if self.wants(b.name)])
+
     def describe(self) -> str:
         """The filters in words, as an error message names them."""
         words = [f"of machine {self.machine!r}" if self.machine is not None else "",
                  f"on branch {self.branch!r}" if self.branch is not None else "",
                  f"since {self.since}" if self.since is not None else ""]
         return " ".join(w for w in words if w)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What `perfwatch runs` lists of a run, without its samples (a database counts them in its query)."""
+
+    run_id: str
+    created: str
+    suite: str | None
+    commit: str | None
+    dirty: bool
+    benchmarks: int
+    failed: int
+
+    @classmethod
+    def of(cls, run: RunRecord) -> RunSummary:
+        return cls(run.run_id, run.created, run.suite, run.env.get("git_commit"), bool(run.env.get("git_dirty")),
+                   len(run.benchmarks), len(run.failed))
 
 
 def machine_of(env: dict[str, Any]) -> str:
@@ -89,17 +123,40 @@ def pick(ref: str | None, ids: list[str], where: str) -> str:
 
 
 class RunStore(ABC):
-    """A place runs are kept; ``root`` is how messages name it (a directory, or a URL without its password)."""
+    """A place runs are kept; ``root`` is how messages name it (a directory, or a URL without its password).
+
+    ``spool`` is where a run waits until a database has committed it (spool.py); a directory store,
+    whose save is itself a local atomic write, has nothing waiting there.
+    """
 
     root: object
     backend: str  # directory, sqlite or postgresql
+    spool: Spool = Spool()
 
-    def ready(self) -> None:
-        """Open the store now, so that a bad one is an error before a long suite rather than after it."""
+    @property
+    def identity(self) -> str:
+        """The store's name, the same from any working directory and without a password: its ``root``,
+        a directory or a SQLite file made absolute. The spool (and the runner's journal) names it so."""
+        root = str(self.root)
+        scheme, sep, rest = root.partition("://")
+        if not sep:
+            return str(Path(root).resolve())
+        if scheme.startswith("sqlite"):  # sqlite:///relative/path, sqlite:////absolute/path
+            return f"{scheme}:///{Path(rest[1:]).resolve()}"
+        return root
+
+    def ready(self) -> str | None:
+        """Open the store now, so that a bad one is an error before a long suite rather than after it;
+        returns a note to show when it cannot be reached now and the run will wait in the spool."""
+        return None
 
     @abstractmethod
+    def add(self, run: RunRecord) -> object:
+        """Store ``run`` at once (never overwriting one of the same id); returns what to show as where it went."""
+
     def save(self, run: RunRecord) -> object:
-        """Store ``run`` (never overwriting one of the same id); returns what to show as where it went."""
+        """Store a run just made (``add``, and for a database the spool first, so it is never lost)."""
+        return self.add(run)
 
     @abstractmethod
     def ids(self) -> list[str]:
@@ -119,9 +176,14 @@ class RunStore(ABC):
     def runs(self) -> Iterator[RunRecord]:
         """Every readable run, oldest first; an unreadable one is skipped with a warning naming it."""
 
+    def summaries(self) -> list[RunSummary]:
+        """A line's worth of each readable run, oldest first."""
+        return [RunSummary.of(run) for run in self.runs()]
+
     def select(self, which: RunFilter) -> Iterator[RunRecord]:
-        """The readable runs that ``which`` lets through, oldest first (a database filters in its query)."""
-        return (run for run in self.runs() if which.matches(run))
+        """The readable runs that ``which`` lets through, oldest first, each holding the benchmarks it asks
+        for (a database filters in its query)."""
+        return (which.trim(run) for run in self.runs() if which.matches(run))
 
     def machines(self) -> dict[str, str | None]:
         """Machine id -> host name of every machine with a stored run (a run without an id: its host)."""
@@ -137,21 +199,64 @@ class RunStore(ABC):
         return found
 
     def import_runs(self, records: Iterable[RunRecord]) -> list[str]:
-        """Store each run whose id is not stored yet (a stored one is left as it is); returns the ids stored."""
+        """Store each run whose id is not stored yet (a stored one is left as it is); returns the ids stored.
+        The runs come from documents that are kept, so they are added without the spool."""
         present = set(self.ids())
         imported = []
         for run in records:
-            if run.run_id not in present:
-                self.save(run)
-                present.add(run.run_id)
-                imported.append(run.run_id)
+            if run.run_id in present:
+                continue
+            present.add(run.run_id)
+            try:
+                self.add(run)
+            except RunExists:  # another process stored it since ids() was read
+                continue
+            imported.append(run.run_id)
         return imported
 
+    def sync(self) -> Synced:
+        """Store each run waiting in the spool for this store, oldest first, dropping each entry once it is
+        committed; a run already stored is not stored twice, so a sync cut short is simply run again. Stops
+        at the first failure, which leaves that entry and the rest waiting."""
+        entries = list(self.spool.entries())
+        mine = [entry for entry in entries if entry.store == self.identity]
+        synced = Synced()
+        for entry in entries:
+            if entry.store != self.identity:
+                synced.elsewhere[entry.store] = synced.elsewhere.get(entry.store, 0) + 1
+        if not mine:
+            return synced
+        try:
+            present = set(self.ids())
+        except UserError as exc:
+            synced.left, synced.error = len(mine), str(exc)
+            return synced
+        for i, entry in enumerate(mine):
+            stored = entry.run.run_id not in present  # else: stored before its entry was dropped
+            try:
+                if stored:
+                    self.add(entry.run)
+            except RunExists:  # by a sync running beside this one
+                stored = False
+            except UserError as exc:
+                synced.left, synced.error = len(mine) - i, str(exc)
+                return synced
+            (synced.stored if stored else synced.already).append(entry.run.run_id)
+            self.spool.done(entry.path)
+        return synced
+
     def info(self) -> dict[str, Any]:
-        """What `perfwatch store info` shows: where, which backend, how many runs, the oldest and latest."""
-        ids = self.ids()
+        """What `perfwatch store info` shows: where, which backend, how many runs, the oldest and latest,
+        and how many runs wait in the spool for it."""
+        pending = len(self.spool.pending(self.identity))
+        try:
+            ids = self.ids()
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"{exc}; {pending} run{'s' if pending != 1 else ''} of this store wait in "
+                                   f"{self.spool.root}", setting=exc.setting) from None
         return {"store": str(self.root), "backend": self.backend, "runs": len(ids),
-                "oldest": ids[0] if ids else None, "latest": ids[-1] if ids else None}
+                "oldest": ids[0] if ids else None, "latest": ids[-1] if ids else None,
+                "pending": pending}
 
     def frame(self) -> pandas.DataFrame:
         """One row per benchmark per run, with summary columns computed from the raw samples."""

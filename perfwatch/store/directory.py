@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from perfwatch.errors import UserError
+from perfwatch.errors import RunExists, UserError
 from perfwatch.results import RunRecord
 from perfwatch.store.base import RunStore, existing_file, is_file_ref, pick
 from perfwatch.store.files import write_or_refuse
@@ -25,10 +25,10 @@ class Store(RunStore):
     def __init__(self, root: Path | str = DEFAULT_RESULTS_DIR):
         self.root = Path(root)
 
-    def save(self, run: RunRecord) -> Path:
+    def add(self, run: RunRecord) -> Path:
         path = self.root / f"{run.run_id}.json"
         if path.exists():
-            raise UserError(f"{path}: a run with id {run.run_id} is already stored; not overwriting it")
+            raise RunExists(f"{path}: a run with id {run.run_id} is already stored; not overwriting it")
         write_or_refuse(path, run.to_json() + "\n", self.root, "results", "pass a writable results directory",
                         setting="results_dir")
         return path

@@ -1,18 +1,20 @@
 """Runs in a SQL database through SQLAlchemy Core: SQLite (the embedded default, no server) or
-PostgreSQL (a team's shared server, ``perfwatch[postgres]``), with one schema for both.
-
-A run is one row of ``runs`` (what a history query filters on, plus the whole fingerprint) and
-one row of ``results`` per benchmark with its raw samples. ``perfwatch_schema`` holds the schema
-version: a database of a newer one is refused, an older one is brought up to date by
-``MIGRATIONS``. A run is written in one transaction, so two runs saved at once are both kept.
+PostgreSQL (a team's shared server, ``perfwatch[postgres]``), with one schema for both (schema.py):
+a database of a newer schema version is refused, an older one is brought up to date. A run is
+written in one transaction, so two runs saved at once are both kept and one killed while writing
+leaves nothing half-stored; a run just made waits in the local spool (spool.py) until its
+transaction is committed, so a server that is down never loses it (StoreUnavailable). SQLite
+keeps its rollback journal (not WAL, whose checkpoints write the file under readers) and waits
+for another writer (a busy timeout); a damaged file is named and never written to.
 The URL is shown only through :func:`perfwatch.urls.redact` and its secrets scrubbed from errors.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterator
+import os
+import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -21,72 +23,40 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
-from perfwatch import stats
-from perfwatch.errors import UserError, one_line
-from perfwatch.results import FORMAT_VERSION, RunRecord
-from perfwatch.store.base import RunFilter, RunStore, machine_of
+from perfwatch.errors import RunExists, StoreUnavailable, UserError, one_line
+from perfwatch.results import RunRecord
+from perfwatch.store.base import RunFilter, RunStore, RunSummary, machine_of
 from perfwatch.store.directory import Store
+from perfwatch.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    condition,
+    document,
+    host_column,
+    metadata,
+    name_condition,
+    result_rows,
+    results_table,
+    run_row,
+    runs_table,
+    schema,
+)
+from perfwatch.store.spool import Spool
 from perfwatch.urls import redact, scrub
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# N -> the step that turns a version N-1 database into a version N one (none yet: 1 is the first).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+FAILED = ("failed", "timeout")  # the statuses RunRecord.failed counts
+SYNC_HINT = "`perfwatch store sync` stores it once the store takes it"
 
-metadata = sa.MetaData()
-# One row; the key makes a second process that also found the table empty fail, then read the first's row.
-schema = sa.Table("perfwatch_schema", metadata, sa.Column("version", sa.Integer, primary_key=True))
-runs_table = sa.Table(
-    "runs", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),  # the run id: sorts by time
-    sa.Column("created", sa.String(40), nullable=False),
-    sa.Column("suite", sa.String(32), nullable=False),
-    sa.Column("commit", sa.String(64)),
-    sa.Column("commit_time", sa.String(40)),
-    sa.Column("branch", sa.Text),
-    sa.Column("dirty", sa.Boolean, nullable=False),
-    sa.Column("machine_id", sa.String(64)),
-    sa.Column("fingerprint", sa.JSON, nullable=False),  # the run's whole env, as in the results document
-    sa.Column("load", sa.JSON),
-    sa.Index("ix_runs_machine_commit_time", "machine_id", "commit_time"),
-)
-results_table = sa.Table(
-    "results", metadata,
-    sa.Column("run", sa.String(64), sa.ForeignKey("runs.id"), primary_key=True),
-    sa.Column("position", sa.Integer, primary_key=True),  # the benchmark's place in the document
-    sa.Column("name", sa.Text, nullable=False),
-    sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("unit", sa.Text, nullable=False),
-    sa.Column("higher_is_better", sa.Boolean, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("samples", sa.JSON, nullable=False),
-    sa.Column("summary", sa.JSON, nullable=False),  # n and median, for queries only: reads recompute them
-    sa.Column("number", sa.Integer, nullable=False),
-    sa.Column("warmup_s", sa.Float, nullable=False),
-    sa.Column("duration_s", sa.Float, nullable=False),
-    sa.Index("ix_results_name_run", "name", "run"),
-)
-BENCH_COLUMNS = ("name", "params", "kind", "unit", "higher_is_better", "status", "error", "samples", "number",
-                 "warmup_s", "duration_s")
-
-
-host_column = runs_table.c.fingerprint["host"].as_string()  # older documents have no machine_id
-
-
-def condition(which: RunFilter) -> sa.ColumnElement[bool]:
-    """RunFilter.matches as a condition on ``runs``, so that only the runs asked for are read."""
-    conditions = []
-    if which.machine is not None:
-        conditions.append(sa.or_(runs_table.c.machine_id.startswith(which.machine, autoescape=True),
-                                 host_column == which.machine))
-    if which.branch is not None:
-        conditions.append(runs_table.c.branch == which.branch)
-    if which.since is not None:
-        conditions.append(sa.func.coalesce(runs_table.c.commit_time, runs_table.c.created) >= which.since)
-    return sa.and_(sa.true(), *conditions)
+SQLITE_BUSY_TIMEOUT_S = 60  # another process writing: wait this long for it rather than fail
+CORRUPT = "not a SQLite database, or a corrupt one"
+# Errors of a server that did not answer, or said it cannot serve now: trying later may work.
+AWAY = ("connection refused", "timeout expired", "timed out", "could not translate host name", "failed to resolve host",
+        "name or service not known", "no route to host", "network is unreachable", "server closed the connection",
+        "the database system is starting up", "the database system is shutting down", "too many clients",
+        "database is locked", "consuming input failed", "connection reset")
+REFUSED = ("password authentication failed", "no password supplied", "role", "pg_hba.conf")
 
 
 def engine_url(url: str) -> sa.URL:
@@ -104,39 +74,41 @@ def engine_url(url: str) -> sa.URL:
     return parsed
 
 
-def run_row(run: RunRecord) -> dict[str, Any]:
-    env = run.env
-    return {"id": run.run_id, "created": run.created, "suite": run.suite, "commit": env.get("git_commit"),
-            "commit_time": env.get("git_commit_time"), "branch": env.get("git_branch"),
-            "dirty": bool(env.get("git_dirty")), "machine_id": env.get("machine_id"), "fingerprint": env,
-            "load": env.get("load_average")}
+def sqlite_damage(path: Path) -> str | None:
+    """Why the SQLite file at ``path`` is not a whole database, found before anything writes to it; None
+    for a sound one, or none yet (missing or empty: a new database). The header and the size are read
+    while a read transaction holds SQLite's shared lock, so no writer is halfway through them."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the shared lock (reads page 1)
+        with path.open("rb") as f:
+            header, size = f.read(100), os.fstat(f.fileno()).st_size
+    except sqlite3.DatabaseError as exc:
+        return CORRUPT if "not a database" in str(exc) or "malformed" in str(exc) else None
+    finally:
+        conn.close()
+    page_size = int.from_bytes(header[16:18], "big")
+    pages = int.from_bytes(header[28:32], "big")
+    expected = pages * (65536 if page_size == 1 else page_size)
+    if header[24:28] == header[92:96] and size < expected:  # the page count is valid (sqlite.org/fileformat)
+        return f"{CORRUPT}: truncated to {size} of its {expected} bytes"
+    return None
 
-
-def result_rows(run: RunRecord) -> list[dict[str, Any]]:
-    rows = []
-    for position, b in enumerate(run.benchmarks):
-        median = stats.median(b.samples)
-        summary = {"n": len(b.samples), "median": None if math.isnan(median) else median}
-        rows.append({"run": run.run_id, "position": position, "summary": summary,
-                     **{c: getattr(b, c) for c in BENCH_COLUMNS}})
-    return rows
-
-
-def document(run: sa.Row, results: list[sa.Row]) -> dict[str, Any]:
-    """The results document of a stored run, as `perfwatch show --json` prints it."""
-    return {"format_version": FORMAT_VERSION, "run_id": run.id, "created": run.created, "suite": run.suite,
-            "env": run.fingerprint, "benchmarks": [{c: getattr(r, c) for c in BENCH_COLUMNS} for r in results]}
 
 
 class SqlStore(RunStore):
     """Runs in the database at ``url``; ``legacy`` is a results directory whose runs are imported on use."""
 
-    def __init__(self, url: str, legacy: Store | None = None):
+    def __init__(self, url: str, legacy: Store | None = None, spool: Spool | None = None):
         self.url = engine_url(url)
         self.secret_url = url
         self.backend = self.url.get_backend_name()
         self.root = f"sqlite:///{self.url.database}" if self.backend == "sqlite" else redact(url)
         self.legacy = legacy
+        self.spool = spool or Spool()
         self.skipped: list[str] | None = None  # legacy files that could not be imported, once looked at
 
     @cached_property
@@ -144,17 +116,25 @@ class SqlStore(RunStore):
         """Connected on first use, so a command given a results file never touches the database."""
         if self.backend == "sqlite":
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            damage = sqlite_damage(Path(self.url.database))
+            if damage:
+                raise UserError(f"{self.root}: cannot open the store ({damage}; move it away or restore it)",
+                                setting="store")
         with self.errors("cannot open the store"):
             engine = sa.create_engine(self.url, connect_args=self._connect_args())
             self._prepare(engine)
         return engine
 
-    def ready(self) -> None:
-        self.engine  # noqa: B018  (opens the database: a bad one is an error now, not after the suite)
+    def ready(self) -> str | None:
+        try:
+            self.engine  # noqa: B018  (opens the database: a bad one is an error now, not after the suite)
+        except StoreUnavailable as exc:
+            return f"{exc}; measuring anyway: the run will wait in {self.spool.root} until `perfwatch store sync`"
+        return None
 
     def _connect_args(self) -> dict[str, Any]:
         if self.backend == "sqlite":
-            return {"timeout": 60}  # another run writing waits its turn instead of failing
+            return {"timeout": SQLITE_BUSY_TIMEOUT_S}
         return {"connect_timeout": 10}
 
     @contextmanager
@@ -165,8 +145,13 @@ class SqlStore(RunStore):
         except sa.exc.SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             text = scrub(one_line(cause), self.secret_url)
+            lowered = text.lower()
             if "file is not a database" in text or "malformed" in text:
-                text = "not a SQLite database, or a corrupt one; move it away or restore it"
+                text = f"{CORRUPT}; move it away or restore it"
+            elif isinstance(exc, sa.exc.OperationalError) and any(words in lowered for words in AWAY):
+                raise StoreUnavailable(f"{self.root}: {what} ({text})", setting="store") from None
+            elif "fatal:" in lowered and any(words in lowered for words in REFUSED):
+                text += "; check the user and password in the store URL"
             raise UserError(f"{self.root}: {what} ({text})", setting="store") from None
         except ModuleNotFoundError as exc:
             raise UserError(f"{self.root}: {exc.name} is not installed; pip install 'perfwatch[postgres]'",
@@ -192,9 +177,10 @@ class SqlStore(RunStore):
                     raise
 
     def info(self) -> dict[str, Any]:
+        shown = super().info()  # first: a store that cannot be reached says how many runs wait for it
         with self.errors("cannot read the store"), self.engine.connect() as conn:
             version = conn.execute(sa.select(schema.c.version)).scalar()
-        return {**super().info(), "schema_version": version}
+        return {**shown, "schema_version": version}
 
     def _migrate(self, conn: Connection, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -205,15 +191,45 @@ class SqlStore(RunStore):
             conn.execute(schema.update().values(version=target))
 
     def save(self, run: RunRecord) -> str:
+        """The run is written to the spool first and dropped from it once committed. A store that cannot
+        be reached now leaves it there: returned is where it waits; any other refusal is an error that
+        says so."""
+        try:
+            kept = self.spool.put(self.identity, run)
+        except OSError as exc:
+            log.warning("%s: cannot keep run %s in the spool (%s); storing it directly", self.spool.root,
+                        run.run_id, exc.strerror)
+            kept = None
+        try:
+            where = self.add(run)
+        except StoreUnavailable as exc:
+            if kept is None:
+                raise
+            return f"{run.run_id} in the spool ({kept}), not in the store: {exc}; {SYNC_HINT}"
+        except RunExists:
+            if kept is not None:
+                self.spool.done(kept)
+            raise
+        except UserError as exc:
+            if kept is None:
+                raise
+            raise type(exc)(f"{exc}; the run waits in {kept}: {SYNC_HINT}", setting=exc.setting) from None
+        if kept is not None:
+            self.spool.done(kept)
+        return where
+
+    def add(self, run: RunRecord) -> str:
         try:
             with self.errors("cannot store the run"), self.engine.begin() as conn:
                 conn.execute(runs_table.insert().values(run_row(run)))
                 rows = result_rows(run)
                 if rows:
                     conn.execute(results_table.insert(), rows)
+        except StoreUnavailable:
+            raise
         except UserError:
             if run.run_id in self._stored_ids():
-                raise UserError(f"{self.root}: a run with id {run.run_id} is already stored; "
+                raise RunExists(f"{self.root}: a run with id {run.run_id} is already stored; "
                                 "not overwriting it") from None
             raise
         return f"{run.run_id} in {self.root}"
@@ -234,13 +250,22 @@ class SqlStore(RunStore):
         return self.select(RunFilter())
 
     def select(self, which: RunFilter) -> Iterator[RunRecord]:
-        for message in self.import_legacy():
-            log.warning("skipping %s", message)
-        for source, doc in self._documents(condition(which)):
+        self.import_legacy_saying()
+        for source, doc in self._documents(condition(which), name_condition(which)):
             try:
-                yield RunRecord.from_dict(doc, source)
+                yield which.trim(RunRecord.from_dict(doc, source))
             except UserError as exc:
                 log.warning("skipping %s", exc)
+
+    def summaries(self) -> list[RunSummary]:
+        self.import_legacy_saying()
+        failed = sa.func.sum(sa.case((results_table.c.status.in_(FAILED), 1), else_=0))
+        query = (sa.select(runs_table.c.id, runs_table.c.created, runs_table.c.suite, runs_table.c.commit,
+                           runs_table.c.dirty, sa.func.count(results_table.c.run), sa.func.coalesce(failed, 0))
+                 .outerjoin(results_table, results_table.c.run == runs_table.c.id)
+                 .group_by(runs_table.c.id).order_by(runs_table.c.id))
+        with self.errors("cannot read the store"), self.engine.connect() as conn:
+            return [RunSummary(*row) for row in conn.execute(query)]
 
     def machines(self) -> dict[str, str | None]:
         self.import_legacy()
@@ -255,16 +280,25 @@ class SqlStore(RunStore):
         with self.errors("cannot read the store"), self.engine.connect() as conn:
             return dict(conn.execute(query).all())
 
-    def _documents(self, where: sa.ColumnElement[bool]) -> list[tuple[str, dict[str, Any]]]:
-        """(how messages name it, its results document) of each stored run matching ``where``, oldest first."""
+    def _documents(self, where: sa.ColumnElement[bool], names: sa.ColumnElement[bool] | None = None
+                   ) -> list[tuple[str, dict[str, Any]]]:
+        """(how messages name it, its results document) of each stored run matching ``where``, oldest first,
+        holding the benchmarks that ``names`` lets through. A run's rows are committed together, before its
+        run row is read here, so none is read half-stored."""
         with self.errors("cannot read the store"), self.engine.connect() as conn:
             run_rows = conn.execute(sa.select(runs_table).where(where).order_by(runs_table.c.id)).all()
             results: dict[str, list[sa.Row]] = {r.id: [] for r in run_rows}
-            query = (sa.select(results_table).where(results_table.c.run.in_(list(results)))
-                     .order_by(results_table.c.run, results_table.c.position))
+            query = (sa.select(results_table).join(runs_table, results_table.c.run == runs_table.c.id)
+                     .where(where, sa.true() if names is None else names).order_by(results_table.c.run, results_table.c.position))
             for row in conn.execute(query):
-                results[row.run].append(row)
+                if row.run in results:  # a run committed between the two queries is read the next time
+                    results[row.run].append(row)
         return [(f"{self.root} run {row.id}", document(row, results[row.id])) for row in run_rows]
+
+    def import_legacy_saying(self) -> None:
+        """import_legacy for a listing, which names each legacy file it skipped."""
+        for message in self.import_legacy():
+            log.warning("skipping %s", message)
 
     def import_legacy(self) -> list[str]:
         """Import the legacy directory's runs not stored yet (its files are kept); returns why files were
