@@ -45,7 +45,7 @@ def test_export_writes_the_dashboards_provisioning_rules_and_prometheus_config(t
     for rel in SHIPPED:
         assert (out / rel).read_bytes() == (GRAFANA / rel).read_bytes(), rel
         assert f"wrote     monitoring/{rel}" in done.stdout
-    assert {p.stem for p in (out / "dashboards").glob("*.json")} == {"training", "host", "benchmarks"}
+    assert {p.stem for p in (out / "dashboards").glob("*.json")} == {"training", "host", "benchmarks", "history"}
     assert all(json.loads(p.read_text())["uid"].startswith("perfwatch-") for p in (out / "dashboards").glob("*.json"))
     providers = yaml.safe_load((out / "provisioning/dashboards/perfwatch.yml").read_text())["providers"]
     assert providers[0]["options"]["path"] == "/var/lib/grafana/dashboards/perfwatch"  # Grafana's side: see README

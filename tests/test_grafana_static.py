@@ -1,7 +1,8 @@
 """grafana/ without servers: the dashboards' JSON models, provisioning, prometheus.yml and
 the alert rules, checked for structure and by promtool (config, rules, rule unit tests).
 
-What the queries return against real data is tests/test_prometheus_integration.py's job.
+What the queries return against real data is tests/test_prometheus_integration.py's job, and
+tests/test_grafana_sql.py's for the SQL of the Benchmark history dashboard.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from pathlib import Path
 import pytest
 import yaml
 from grafana_dashboards import (
+    ALL_DASHBOARDS,
     DASHBOARDS,
     GRAFANA,
+    POSTGRES,
+    SQL_DASHBOARDS,
+    SQL_MACRO,
+    SQL_VARIABLE,
     VARIABLE,
     format_value,
     interpolate,
     load,
     panels,
+    sql_queries,
     targets,
     variables,
 )
@@ -31,6 +38,9 @@ RULES = GRAFANA / "rules" / "perfwatch.rules.yml"
 RULE_TESTS = GRAFANA / "rules" / "perfwatch.rules.test.yml"
 DATASOURCE_UID = "perfwatch-prometheus"
 PROMETHEUS_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+POSTGRES_UID = "perfwatch-postgres"
+POSTGRES_DATASOURCE = {"type": POSTGRES, "uid": "${datasource}"}
+SQL_MACROS = {"__timeFilter", "__timeFrom", "__timeTo"}  # those tests/grafana_dashboards.py expands as Grafana does
 GRAFANA_BUILTINS = {"__rate_interval", "__interval"}
 METRIC = re.compile(r"\b(perfwatch_\w+)")
 
@@ -42,18 +52,20 @@ def yaml_file(path: Path):
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([binary("promtool"), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([binary("promtool"), *args], check=False, capture_output=True, text=True, timeout=60)
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"promtool failed:\n{result.stdout}\n{result.stderr}"
 
 
-def test_the_training_host_and_benchmarks_dashboards_are_shipped():
+def test_the_training_host_benchmarks_and_history_dashboards_are_shipped():
     assert {path.stem for path in DASHBOARDS} == {"training", "host", "benchmarks"}
+    assert {path.stem for path in SQL_DASHBOARDS} == {"history"}
+    assert ALL_DASHBOARDS == sorted(DASHBOARDS + SQL_DASHBOARDS), "a dashboard on another data source"
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_DASHBOARDS, ids=lambda p: p.stem)
 def test_dashboard_is_a_grafana_json_model(path):
     dashboard = load(path)
     assert dashboard["schemaVersion"] >= 39
@@ -90,6 +102,47 @@ def test_every_panel_queries_prometheus_through_the_datasource_variable(path):
             # Grafana's editor parses a string; an object {qryType: 1, query} lacks the
             # label and metric fields it reads, and saves back "label_values(undefined)".
             assert isinstance(variable["query"], str) and variable["query"] == variable["definition"]
+
+
+@pytest.mark.parametrize("path", SQL_DASHBOARDS, ids=lambda p: p.stem)
+def test_every_sql_panel_annotation_and_variable_queries_postgresql_through_the_datasource_variable(path):
+    """As for Prometheus: a hard-coded uid breaks on import. The SQL is code (rawSql), not the builder's."""
+    dashboard = load(path)
+    (datasource,) = [v for v in variables(dashboard) if v["type"] == "datasource"]
+    assert (datasource["name"], datasource["query"], datasource["current"]["value"]) == (
+        "datasource", POSTGRES, POSTGRES_UID)
+    annotations = [a for a in dashboard["annotations"]["list"] if not a.get("builtIn")]
+    queried = [panel for panel in panels(dashboard) if panel["type"] != "row"] + annotations
+    assert annotations and queried
+    for item in queried:
+        assert item["datasource"] == POSTGRES_DATASOURCE, item.get("title", item.get("name"))
+        for target in item.get("targets", [item.get("target")]):
+            assert target["datasource"] == POSTGRES_DATASOURCE and target["rawSql"].strip(), item.get("title")
+            assert (target["editorMode"], target["rawQuery"]) == ("code", True)
+            assert target["format"] in ("time_series", "table")
+    for variable in variables(dashboard):
+        if variable["type"] == "query":
+            assert variable["datasource"] == POSTGRES_DATASOURCE and variable["query"] == variable["definition"]
+
+
+@pytest.mark.parametrize("query", [q for path in SQL_DASHBOARDS for q in sql_queries(path)], ids=lambda q: q.id)
+def test_sql_uses_defined_variables_quoted_for_postgresql_and_the_time_macros(query):
+    """Grafana's server takes a macro's arguments up to the first ")", so a macro over cast(...) breaks;
+    :singlequote and :doublequote escape with a backslash, which PostgreSQL does not read as one, so a
+    benchmark named with a quote (a string parameter) would break them: IN ($var) and '$var' double it."""
+    defined = {v["name"] for v in variables(load(GRAFANA / "dashboards" / f"{query.dashboard}.json"))}
+    used = {m.group(1) or m.group(3) for m in SQL_VARIABLE.finditer(query.sql)}
+    macros = {m.group(1) for m in SQL_MACRO.finditer(query.sql)}
+    assert {name for name in used if not name.startswith("__")} <= defined - {"datasource"}
+    assert macros <= SQL_MACROS and {name for name in used if name.startswith("__")} == macros
+    assert all("(" not in m.group(2) for m in SQL_MACRO.finditer(query.sql))
+    assert {m.group(2) for m in SQL_VARIABLE.finditer(query.sql)} <= {None, "sqlstring", "csv", "raw"}
+
+
+def test_the_benchmarks_dashboard_keeps_the_latest_run_and_links_to_the_sql_history():
+    benchmarks, history = load(GRAFANA / "dashboards" / "benchmarks.json"), load(GRAFANA / "dashboards" / "history.json")
+    assert [p["title"] for p in benchmarks["panels"] if p["type"] == "row"] == ["Latest run"]
+    assert any(link.get("url", "").startswith(f"/d/{history['uid']}/") for link in benchmarks["links"])
 
 
 @pytest.mark.parametrize("target", ALL_TARGETS, ids=lambda t: t.id)
@@ -156,6 +209,17 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards():
     (provider,) = yaml_file(GRAFANA / "provisioning" / "dashboards" / "perfwatch.yml")["providers"]
     assert (provider["type"], provider["folder"]) == ("file", "perfwatch")
     assert provider["options"]["path"]
+
+
+def test_postgresql_provisioning_takes_its_connection_from_the_environment():
+    """No host, user or password is shipped; the password is stored encrypted (secureJsonData)."""
+    (datasource,) = yaml_file(GRAFANA / "provisioning" / "datasources" / "perfwatch-postgres.yml")["datasources"]
+    assert (datasource["type"], datasource["uid"]) == (POSTGRES, POSTGRES_UID)
+    placeholders = {"url": datasource["url"], "user": datasource["user"],
+                    "database": datasource["jsonData"]["database"], "sslmode": datasource["jsonData"]["sslmode"],
+                    "password": datasource["secureJsonData"]["password"]}
+    assert all(re.fullmatch(r"\$\{PERFWATCH_GRAFANA_PG_[A-Z]+\}", value) for value in placeholders.values()), placeholders
+    assert "password" not in datasource and "password" not in datasource["jsonData"]
 
 
 def test_prometheus_config_is_valid():

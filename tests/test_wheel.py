@@ -95,7 +95,7 @@ def test_the_installed_wheel_exports_the_grafana_assets(venv, tmp_path):
     run([venv / "bin" / "perfwatch", "grafana", "export", "monitoring"], cwd=tmp_path)
     out = tmp_path / "monitoring"
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == shipped("grafana")
-    assert {p.stem for p in (out / "dashboards").glob("*.json")} == {"training", "host", "benchmarks"}
+    assert {p.stem for p in (out / "dashboards").glob("*.json")} == {"training", "host", "benchmarks", "history"}
     for dashboard in (out / "dashboards").glob("*.json"):
         assert json.loads(dashboard.read_text())["title"].startswith("perfwatch / ")
     prometheus = yaml.safe_load((out / "prometheus.yml").read_text())
