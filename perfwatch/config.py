@@ -9,7 +9,7 @@ validated here so a bad one fails at start-up, not after a 15-minute suite.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ class Config:
     store: str | None = None  # a store URL or directory; None: results_dir if set, else the SQLite default
     paths: tuple[Path, ...] = ()
     suite: str = "quick"
-    thresholds: Thresholds = Thresholds()
-    alerts: AlertSinks = AlertSinks()
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    alerts: AlertSinks = field(default_factory=AlertSinks)
     source: str | None = None  # the file these settings came from, for messages
 
 

@@ -1,15 +1,22 @@
-"""Terminal rendering of runs with rich: value formatting, results table, environment line."""
+"""Terminal rendering of runs with rich: value formatting, results table, environment line, and the
+console that shows every string as text."""
 
 from __future__ import annotations
 
 import math
 
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from perfwatch import stats
 from perfwatch.results import RunRecord
 
+# What a terminal acts on instead of showing: the C0 controls but newline and tab, DEL and the C1 controls
+# (ESC and CSI start sequences that clear the screen, retitle the window, forge a link), the bidi overrides
+# (text that reads otherwise than it is), and lone surrogates (no UTF-8 for them: a raw byte or a crash).
+INERT = {c: ascii(chr(c))[1:-1] for c in (*range(0x20), *range(0x7f, 0xa0), *range(0x202a, 0x202f),
+                                          *range(0x2066, 0x206a), *range(0xd800, 0xe000)) if chr(c) not in "\n\t"}
 TIME_SCALES = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
 BYTE_SCALES = ((1024.0**3, "GiB"), (1024.0**2, "MiB"), (1024.0, "KiB"), (1.0, "B"))
 
@@ -54,7 +61,8 @@ def results_table(run: RunRecord) -> Table:
                           escape(format_value(stats.median(b.samples), b.unit)) + arrow,
                           format_spread(b.samples), str(len(b.samples)))
         else:
-            table.add_row(escape(b.name), f"[{style}]{escape(b.status)}[/]", f"[{style}]{escape(b.error or '')}[/]", "", "0")
+            table.add_row(escape(b.name), f"[{style}]{escape(b.status)}[/]", f"[{style}]{escape(b.error or '')}[/]",
+                          "", "0")
     return table
 
 
@@ -70,3 +78,16 @@ def env_line(env: dict) -> str:
         commit,
     ]
     return " · ".join(parts)
+
+
+def visible(text: str) -> str:
+    """``text`` with what a terminal would act on written out as Python escapes (``\\x1b``, ``\\udcff``)."""
+    return text.translate(INERT)
+
+
+class TerminalConsole(Console):
+    """A rich console on which every string is shown as text: the callers escape markup, this escapes
+    the characters a terminal acts on (INERT), whichever names, units, errors or paths they hold."""
+
+    def render_str(self, text: str, **kwargs):
+        return super().render_str(visible(text), **kwargs)

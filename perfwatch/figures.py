@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from perfwatch.pages import Figure
+from perfwatch.pages import Figure, encodable
 
 if TYPE_CHECKING:
     from matplotlib.axis import Axis
@@ -23,9 +23,31 @@ FIGURE_DPI = 100
 
 
 def new_figure(width: float, height: float) -> MplFigure:
+    """A figure on a canvas that draws every string, whichever artist holds it (titles, tick labels,
+    legends): a lone surrogate in a user's name, which FreeType cannot lay out (a TypeError in
+    matplotlib), is drawn as its escape."""
     import matplotlib.figure  # loads only to draw
+    from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 
-    return matplotlib.figure.Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
+    class Renderer(RendererAgg):
+        def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+            return super().draw_text(gc, x, y, encodable(s), prop, angle, ismath, mtext)
+
+        def get_text_width_height_descent(self, s, prop, ismath):
+            return super().get_text_width_height_descent(encodable(s), prop, ismath)
+
+    class Canvas(FigureCanvasAgg):
+        size = None  # the (width, height, dpi) its renderer was made for: a new one only when it changes
+
+        def get_renderer(self):
+            size = (*self.get_width_height(physical=True), self.figure.dpi)
+            if self.size != size:
+                self.renderer, self.size = Renderer(*size), size
+            return self.renderer
+
+    fig = matplotlib.figure.Figure(figsize=(width, height), dpi=FIGURE_DPI, layout="constrained")
+    Canvas(fig)
+    return fig
 
 
 def save_figure(fig: MplFigure, out: Path, name: str, caption: str) -> Figure:

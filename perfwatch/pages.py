@@ -21,7 +21,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from perfwatch.errors import UserError
 from perfwatch.store import write_atomic
@@ -81,7 +81,7 @@ class Figure:
         return self.name.endswith(".svg")
 
 
-Block = Union[Heading, Text, Table, Items, Figure]
+Block = Heading | Text | Table | Items | Figure
 
 
 @dataclass(frozen=True)
@@ -221,10 +221,16 @@ def to_html(doc: Document) -> str:
             f"<body><main>\n<h1>{_esc(doc.title)}</h1>\n{body}\n</main></body></html>\n")
 
 
+def encodable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a lone surrogate (from a name read with surrogateescape, or a JSON
+    ``\\udcff``) has no encoding, and is written out as its escape ``\\udcff`` instead."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def write_pages(doc: Document, out: Path) -> None:
     """``report.md`` and ``report.html`` in ``out``, each written atomically."""
-    write_atomic(out / "report.md", to_markdown(doc))
-    write_atomic(out / "report.html", to_html(doc))
+    write_atomic(out / "report.md", encodable(to_markdown(doc)))
+    write_atomic(out / "report.html", encodable(to_html(doc)))
 
 
 def prepare_out_dir(out: Path) -> Path:

@@ -10,6 +10,7 @@ they are computed from the raw samples.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -53,12 +54,15 @@ def upgrade(data: dict[str, Any], source: str, updates: Mapping[int, Update] = U
     return data
 
 
+MOVE_IT = "move it out of the results directory or restore it"
+
+
 class Malformed(ValueError):
     """A field of a results document that is missing or of the wrong type; the message names the field."""
 
-    def __init__(self, field: str, expected: str, value: Any = None, missing: bool = False):
+    def __init__(self, field: str, expected: str, value: Any = None, missing: bool = False, got: str = ""):
         super().__init__(f"{field} is missing" if missing else
-                         f"{field} must be {expected}, got {type(value).__name__}")
+                         f"{field} must be {expected}, got {got or type(value).__name__}")
 
 
 _KINDS = {str: "a string", dict: "a table", list: "a list", bool: "true or false", int: "a whole number",
@@ -128,6 +132,8 @@ class BenchResult:
         samples = f.get("samples", list, [])
         for i, value in enumerate(samples):
             _require(_is_number(value), f"{where}.samples[{i}]", "a number", value)
+            if not math.isfinite(value):  # NaN and Infinity: not strict JSON, and no time or size
+                raise Malformed(f"{where}.samples[{i}]", "a finite number", got=str(value))
         return cls(name=f.get("name", str), params=f.get("params", dict), kind=f.get("kind", str),
                    unit=f.get("unit", str), higher_is_better=f.get("higher_is_better", bool), status=status,
                    error=f.get("error", (str, type(None)), None), samples=list(samples),
@@ -186,13 +192,15 @@ class RunRecord:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise UserError(f"{path}: cannot read results file ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: corrupt results file (not UTF-8 at byte {exc.start}); {MOVE_IT}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{path}: corrupt results file (invalid JSON at line {exc.lineno}); "
-                "move it out of the results directory or restore it"
-            ) from None
+            raise UserError(f"{path}: corrupt results file (invalid JSON at line {exc.lineno}); {MOVE_IT}") from None
+        except RecursionError:
+            raise UserError(f"{path}: corrupt results file (JSON nested too deeply to be a results document); "
+                            f"{MOVE_IT}") from None
         return cls.from_dict(data, str(path))
 
 

@@ -266,6 +266,26 @@ def test_a_setup_cache_that_raises_or_hangs_fails_its_users_in_one_line(tmp_path
     assert not psutil.pid_exists(int(pid_file.read_text()))
 
 
+def test_a_setup_cache_may_take_longer_than_its_benchmarks_timeout(tmp_path):
+    """asv gives setup_cache its own timeout: the benchmark's process is not killed while the cache is made."""
+    write_suite(tmp_path / "suites", "slowcache.py", """
+        import time
+
+        class Slow:
+            def setup_cache(self):
+                time.sleep(2.5)
+                return 42
+            setup_cache.timeout = 20
+
+            def track_answer(self, cached):
+                return cached
+            track_answer.timeout = 2
+    """)
+    proc = run_perfwatch("run", "suites", "--store", "results", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert stored(tmp_path)["slowcache.Slow.track_answer"]["samples"][0] == 42
+
+
 def test_dotted_names_and_relative_paths_keep_the_file_and_line(tmp_path):
     write_suite(tmp_path / "suites", "odd.py", '''
         def _raises(self):

@@ -23,19 +23,20 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO
 
 import psutil
 
 from perfwatch import assets
 from perfwatch.bench.suite import SIZE_ENV, Benchmark
 from perfwatch.bench.worker import PARENT_ENV, TIMEOUT_ENV, Budget
-from perfwatch.config import SIZES
+from perfwatch.config import SIZES, AlertSinks
 from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
-from perfwatch.proctree import kill_tree  # noqa: F401  (paired, tests and scripts import it from here)
+from perfwatch.proctree import kill_tree  # paired, tests and scripts import it from here too
 from perfwatch.results import BenchResult, RunRecord, new_run_id, utc_now_iso
 from perfwatch.store import RunStore, write_atomic
 
@@ -53,6 +54,10 @@ SCRATCH_PREFIX = "perfwatch-"
 OWNER, JOURNAL = "owner.json", "journal.json"  # in a run's temp dir
 NOT_RUN = "not run: perfwatch stopped before this benchmark finished"
 PACKAGE_ROOT = assets.PACKAGE.parent  # the directory that holds perfwatch/
+# The settings that may hold a password or a token, as environment variables (the store URL, the alert
+# sinks: PERFWATCH_WEBHOOK, ...). A benchmark has no use for them and could print them: no worker gets them.
+SECRET_ENV = ("PERFWATCH_STORE", *(f"PERFWATCH_{f.name.upper()}" for f in fields(AlertSinks) if f.name != "timeout"))
+STDERR_TAIL = 64 * 1024  # bytes of a worker's stderr kept: its last line says why it died, and all of it may be GBs
 
 
 def default_paths(configured: tuple[Path, ...] = (), cwd: Path | None = None) -> list[Path]:
@@ -85,9 +90,10 @@ def busy_warning(load: float | None = None, cores: int | None = None) -> str | N
 
 
 def worker_env(size: str, run_dir: Path | None = None) -> dict[str, str]:
-    """The child's environment: the suite size, this perfwatch importable first, this process as the
-    parent the worker must not outlive and, for a run's workers, the run's temp dir as their mark."""
-    env = dict(os.environ)
+    """The child's environment, without the secrets (SECRET_ENV): the suite size, this perfwatch importable
+    first, this process as the parent the worker must not outlive and, for a run's workers, the run's temp
+    dir as their mark."""
+    env = {name: value for name, value in os.environ.items() if name not in SECRET_ENV}
     env.pop(TIMEOUT_ENV, None)  # from a perfwatch run around this one; run_child sets each worker's own
     env[SIZE_ENV] = size
     env[PARENT_ENV] = str(os.getpid())
@@ -104,33 +110,66 @@ class ChildOutcome:
     stderr_tail: str
 
 
+class StderrTail:
+    """A child's stderr pipe, drained on a thread that keeps only its last ``limit`` bytes: a benchmark
+    that writes gigabytes neither blocks on a full pipe nor fills the runner's memory or disk."""
+
+    def __init__(self, stream: IO[bytes], limit: int = STDERR_TAIL):
+        self._stream, self._limit = stream, limit
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, name="worker-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        with self._stream:  # only this thread reads and closes it
+            while chunk := self._stream.read1(1 << 16):
+                with self._lock:
+                    self._tail += chunk
+                    del self._tail[:-self._limit]
+
+    def last_line(self, wait: float = 1.0) -> str:
+        """The last non-blank line, once the pipe is closed or after ``wait`` seconds (a process that
+        outlived the worker may hold it open)."""
+        self._thread.join(wait)
+        with self._lock:
+            text = self._tail.decode(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else ""
+
+
 def run_child(args: list[str], out: Path, env: dict[str, str], timeout: float) -> ChildOutcome:
-    """Run a worker in its own process group; on timeout kill the group (DataLoader workers too)."""
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "perfwatch.worker", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**env, TIMEOUT_ENV: repr(timeout)},
-            start_new_session=True,
-        )
-        try:
-            returncode: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        finally:  # also on KeyboardInterrupt: never leave a benchmark running behind us
-            kill_tree(proc.pid)
-            proc.wait()
-        stderr.seek(0)
-        lines = [ln for ln in stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+    """Run a worker in its own process group; on timeout kill the group (DataLoader workers too).
+
+    When it ends, so does whatever it started and left running, even in a session of its own and
+    reparented to init (found by the run's mark): it would otherwise run into the next benchmark's
+    measurement, and outlive a runner killed then."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "perfwatch.worker", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**env, TIMEOUT_ENV: repr(timeout)},
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    stderr = StderrTail(proc.stderr)
+    try:
+        returncode: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    finally:  # also on KeyboardInterrupt: never leave a benchmark running behind us
+        kill_tree(proc.pid)
+        proc.wait()
+        if RUN_DIR_ENV in env:
+            kill_all(marked_processes({env[RUN_DIR_ENV]}))
     payload = None
     if returncode is not None and out.exists():
         try:
             payload = json.loads(out.read_text())
         except json.JSONDecodeError:
             payload = None
-    return ChildOutcome(payload, returncode, lines[-1].strip() if lines else "")
+    return ChildOutcome(payload, returncode, stderr.last_line())
 
 
 @contextlib.contextmanager
@@ -232,6 +271,8 @@ def run_one(bench: Benchmark, size: str, run_dir: Path | None = None) -> tuple[B
     own); returns the result and any traceback text."""
     budget, default_timeout = BUDGETS[size]
     timeout = float(bench.timeout or default_timeout)
+    if bench.setup_cache_key:  # the worker may make the cache first, under its own limit (asv's)
+        timeout += float(bench.setup_cache_timeout or timeout)
     if bench.unsupported:
         return result_of(bench, "skipped", error=bench.unsupported), None
     begun = time.perf_counter()
@@ -267,18 +308,6 @@ def so_far(run: RunRecord, benchmarks: list[Benchmark], results: list[BenchResul
     return replace(run, benchmarks=results + rest)
 
 
-def store_name(store: RunStore) -> str:
-    """How a journal names its store, the same name from any working directory: its ``root`` (which
-    holds no password), a directory or a SQLite file made absolute."""
-    root = str(store.root)
-    scheme, sep, rest = root.partition("://")
-    if not sep:
-        return str(Path(root).resolve())
-    if scheme.startswith("sqlite"):  # sqlite:///relative/path, sqlite:////absolute/path
-        return f"{scheme}:///{Path(rest[1:]).resolve()}"
-    return root
-
-
 def run_suite(
     benchmarks: list[Benchmark],
     size: str,
@@ -306,7 +335,7 @@ def run_suite(
                     debug_log(f"{bench.name}:\n{tb}")
                 results.append(result)
                 if store is not None:
-                    journal = {"store": store_name(store), "run": so_far(run, benchmarks, results).to_dict()}
+                    journal = {"store": store.identity, "run": so_far(run, benchmarks, results).to_dict()}
                     write_atomic(run_dir / JOURNAL, json.dumps(journal, allow_nan=False))
                 if progress:
                     progress("done", bench, result)
@@ -378,7 +407,7 @@ def journaled_run(run_dir: Path, store: RunStore) -> RunRecord | None:
     """The run a killed run journaled for ``store``; None when it finished no benchmark."""
     try:
         journal = json.loads((run_dir / JOURNAL).read_text())
-        if journal["store"] != store_name(store):
+        if journal["store"] != store.identity:
             raise LookupError(journal["store"])  # someone else's: theirs to store
         return RunRecord.from_dict(journal["run"], str(run_dir / JOURNAL))
     except FileNotFoundError:

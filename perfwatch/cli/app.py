@@ -6,17 +6,17 @@ import logging
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
 from perfwatch.bench import runner
 from perfwatch.config import Config, load_config
+from perfwatch.display import TerminalConsole
 from perfwatch.errors import UserError
 from perfwatch.store import DEFAULT_STORE, RunStore, open_store
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = TerminalConsole(highlight=False)
+err = TerminalConsole(stderr=True, highlight=False)
 
 
 class Command(click.Command):

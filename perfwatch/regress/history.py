@@ -29,7 +29,7 @@ from perfwatch import stats
 from perfwatch.config import SIZES
 from perfwatch.env import commit_time, git_output
 from perfwatch.errors import UserError
-from perfwatch.figures import plain_text
+from perfwatch.figures import new_figure, plain_text
 from perfwatch.paths import safe_name
 from perfwatch.regress import detect
 from perfwatch.results import BenchResult, RunRecord
@@ -365,12 +365,10 @@ def plots(histories: list[History], directory: Path) -> list[Path]:
 @plain_text
 def plot(history: History, path: Path) -> Path:
     """A PNG of per-commit medians with interquartile bars, the steps and each segment's median."""
-    from matplotlib.figure import Figure
-
     series = history.series
     xs = list(range(len(series.points)))
     measured = [(x, p) for x, p in zip(xs, series.points) if p.samples]
-    fig = Figure(figsize=(max(6.0, min(16.0, 0.25 * len(xs) + 3)), 4.0), dpi=100, layout="constrained")
+    fig = new_figure(max(6.0, min(16.0, 0.25 * len(xs) + 3)), 4.0)
     ax = fig.add_subplot()
     medians = [p.median for _, p in measured]
     below = [m - stats.quantile(p.samples, 0.25) for m, (_, p) in zip(medians, measured)]
