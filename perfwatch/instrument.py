@@ -164,9 +164,14 @@ class _CudaTiming:
         self._pool.extend(events)
 
 
-def _batch_size(batch: Any, depth: int = 0) -> int:
-    """dim 0 of the first tensor-like (anything with a non-empty ``.shape``) in the
-    batch, depth-first through tuples, lists and mapping values; 0 when there is none."""
+def batch_size(batch: Any) -> int:
+    """The samples in ``batch`` as ``StepTimer.iter()`` counts them (also for perfwatch's injected
+    timing): dim 0 of the first tensor-like (anything with a non-empty ``.shape``), depth-first
+    through tuples, lists and mapping values, 4 levels deep; 0 when there is none."""
+    return _first_dim(batch, 0)
+
+
+def _first_dim(batch: Any, depth: int) -> int:
     shape = getattr(batch, "shape", None)
     if shape is not None and not isinstance(batch, type):
         return int(shape[0]) if len(shape) else 0
@@ -177,7 +182,7 @@ def _batch_size(batch: Any, depth: int = 0) -> int:
     elif not isinstance(batch, (tuple, list)):
         return 0
     for item in batch:
-        size = _batch_size(item, depth + 1)
+        size = _first_dim(item, depth + 1)
         if size:
             return size
     return 0
@@ -267,7 +272,7 @@ class StepTimer:
     def iter(self, iterable: Iterable[Any], samples: Callable[[Any], int] | None = None) -> Iterator[Any]:
         """Yield the items of ``iterable``, one step each; the time in its ``next()``
         is ``data_wait``. ``samples(batch)`` overrides the inferred batch size."""
-        return self._iterate(iter(iterable), samples or _batch_size)
+        return self._iterate(iter(iterable), samples or batch_size)
 
     def step(self, samples: int = 0) -> _StepScope:
         """A step for loops that do not use ``iter()``; ``samples`` is its batch size."""

@@ -260,3 +260,41 @@ def test_malformed_pressure_is_logged_once_and_sampling_goes_on(tmp_path, caplog
     assert snapshot.host is None and snapshot.errors_total >= 5
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "host" in warnings[0].getMessage() and warnings[0].exc_info
+
+
+# Two busy loops pinned to one CPU: each runs about half the time and waits on the run queue the other half.
+SHARING_ONE_CORE = textwrap.dedent("""\
+    import os, sys, time
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if os.fork() == 0:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+    print("ready", flush=True)
+    end = time.monotonic() + 30
+    while time.monotonic() < end and sys.stdin.readable():
+        pass
+""")
+
+
+def test_each_process_reports_how_long_it_waited_for_a_cpu():
+    process = subprocess.Popen([sys.executable, "-c", SHARING_ONE_CORE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        with Collector(process.pid, interval=0.2) as collector:
+            time.sleep(0.3)
+            first = {m.pid: m for m in collector.latest().tree.members}
+            time.sleep(1.5)
+            last = {m.pid: m for m in collector.latest().tree.members}
+        assert len(last) == 2  # the loop and its forked twin
+        for pid, member in last.items():
+            waited = member.run_delay_seconds_total - first[pid].run_delay_seconds_total
+            ran = member.cpu_seconds_total - first[pid].cpu_seconds_total
+            assert waited > 0.3 and ran < 1.2  # half the wall time each, give or take the rest of the machine
+    finally:
+        for child in psutil.Process(process.pid).children():
+            child.kill()
+        process.kill()
+        process.wait()

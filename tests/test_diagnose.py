@@ -9,12 +9,15 @@ import pytest
 
 from perfwatch.profile.diagnose import (
     HIGH_INPUT_SHARE,
+    MIN_STACK_SAMPLES,
     MODERATE_INPUT_SHARE,
     SOURCE_WEIGHT,
     Measurements,
+    ModelFacts,
     Resources,
     StackEvidence,
     amdahl,
+    autocast,
     confidence,
     diagnose,
     gain,
@@ -67,6 +70,14 @@ def test_gain_states_the_bound_and_its_reasoning_and_caps_cpu_bound_work_by_the_
     assert gain(0.8, "data loading", cpu_cap=9.0)["speedup_at_most"] == 5.0
 
 
+def test_confidence_falls_to_half_where_the_margin_is_no_larger_than_the_disagreement():
+    shares = {"data_loading": 0.55, "compute": 0.4, "other": 0.05}
+    agreed = confidence(shares, 100, "steptimer")
+    assert confidence(shares, 100, "steptimer", slack=0.05) < agreed
+    assert confidence(shares, 100, "steptimer", slack=0.15) == pytest.approx(SOURCE_WEIGHT["steptimer"] / 2)
+    assert confidence(shares, 100, "steptimer", slack=0.45) < 0.01
+
+
 def test_confidence_grows_with_the_margin_and_the_samples_and_respects_the_source():
     clear = {"data_loading": 0.7, "compute": 0.25, "other": 0.05}
     close = {"data_loading": 0.45, "compute": 0.42, "other": 0.13}
@@ -82,11 +93,13 @@ def test_confidence_grows_with_the_margin_and_the_samples_and_respects_the_sourc
 def test_summarize_turns_counters_into_rates_and_measures_workers_only_while_they_exist():
     rows = [
         {"t": 0.0, "cpu_busy": None, "cpu_iowait": None, "main_cpu": 1.0, "workers": 0, "worker_cpu": 0.0,
-         "mem_total": 100, "mem_available": 50, "swap_io": 0, "load1": 1.0},
+         "mem_total": 100, "mem_available": 50, "swap_io": 0, "load1": 1.0, "main_read": 0, "main_run_delay": 0.0},
         {"t": 10.0, "cpu_busy": 0.6, "cpu_iowait": 0.1, "main_cpu": 6.0, "workers": 2, "worker_cpu": 0.0,
-         "mem_total": 100, "mem_available": 8, "swap_io": 0, "load1": 3.0, "gpu_util": [0.2, None]},
+         "mem_total": 100, "mem_available": 8, "swap_io": 0, "load1": 3.0, "gpu_util": [0.2, None],
+         "main_read": 9000, "main_run_delay": 1.0},  # start-up: imports read the libraries
         {"t": 20.0, "cpu_busy": 0.8, "cpu_iowait": 0.3, "main_cpu": 11.0, "workers": 2, "worker_cpu": 18.0,
-         "mem_total": 100, "mem_available": 40, "swap_io": 4000, "load1": 2.0, "gpu_util": [0.4]},
+         "mem_total": 100, "mem_available": 40, "swap_io": 4000, "load1": 2.0, "gpu_util": [0.4],
+         "main_read": 10000, "main_run_delay": 3.0},
     ]
     r = summarize(rows, cores=4)
     assert r.seconds == 20.0 and r.cores == 4
@@ -97,18 +110,52 @@ def test_summarize_turns_counters_into_rates_and_measures_workers_only_while_the
     assert r.memory_available_ratio_min == pytest.approx(0.08) and r.load1_max == 3.0
     assert r.swap_io_bytes_per_second == pytest.approx(200.0)
     assert r.gpu_utilization_mean == pytest.approx(0.3)
+    # the training process's reads and waits over the later half of its rows, past the start-up
+    assert r.main_read_bytes_per_second == pytest.approx(100.0) and r.main_run_delay_cores == pytest.approx(0.2)
     assert summarize([], cores=4) == Resources(seconds=0.0, cores=4)
 
 
 def test_phase_shares_prefer_the_steptimer_then_stacks_then_nothing():
     timer = {"steps": 50, "wall": 10.0, "totals": {"data_wait": 4.0, "h2d": 1.0, "forward": 2.0, "backward": 2.0,
                                                    "optimizer": 0.5, "other": 0.5}}
-    st = evidence(phases={"forward": 600, "backward": 400})
-    shares, source, n = phase_shares(Measurements(stacks=st, steptimer=timer))
-    assert source == "steptimer" and n == 50 and shares["data_loading"] == pytest.approx(0.4)
-    shares, source, n = phase_shares(Measurements(stacks=st, steptimer={**timer, "steps": 2}))
-    assert source == "pyspy" and n == 1000 and shares["forward"] == pytest.approx(0.6)
-    assert phase_shares(Measurements(stacks=evidence(phases={"forward": 10}))) == ({}, "collector", 0)
+    st = evidence(phases={"data_loading": 350, "forward": 400, "backward": 250})
+    found = phase_shares(Measurements(stacks=st, steptimer=timer))
+    assert found.source == "steptimer" and found.observations == 50 and found.phases["data_loading"] == 0.4
+    assert found.disagreement == pytest.approx(0.05)  # the script's data wait 40%, the stacks' 35%
+    found = phase_shares(Measurements(stacks=st, steptimer={**timer, "steps": 2}))
+    assert found.source == "pyspy" and found.observations == 1000 and found.phases["forward"] == pytest.approx(0.4)
+    nothing = phase_shares(Measurements(stacks=evidence(phases={"forward": 10})))
+    assert (nothing.phases, nothing.source, nothing.observations) == ({}, "collector", 0)
+
+
+INJECTED = {"steps": 40, "wall": 10.0, "injected": True, "exact_phases": ["data_wait", "optimizer"],
+            "totals": {"data_wait": 3.0, "optimizer": 1.0, "other": 6.0}}
+
+
+def test_the_injected_timings_exact_phases_win_and_the_stacks_split_the_rest():
+    st = evidence(phases={"data_loading": 200, "forward": 500, "backward": 200, "optimizer": 100})
+    found = phase_shares(Measurements(stacks=st, steptimer=INJECTED))
+    assert found.phases["data_loading"] == 0.3 and found.phases["optimizer"] == 0.1  # exact
+    assert found.phases["forward"] == pytest.approx(0.6 * 5 / 7)  # the rest, as the stacks split it
+    assert found.observations == 40 and found.disagreement == pytest.approx(0.1)  # 30% exact, 20% in the stacks
+    # an LBFGS closure: the optimizer step was not timed, so the stacks' split covers it too
+    closure = phase_shares(Measurements(stacks=st, steptimer={**INJECTED, "exact_phases": ["data_wait"]}))
+    assert closure.phases["optimizer"] == pytest.approx(0.7 * 1 / 8)
+
+
+def test_the_injected_timing_without_enough_stacks_leaves_the_rest_of_the_step_unsplit():
+    few = evidence(phases={"forward": 30})
+    found = phase_shares(Measurements(stacks=few, steptimer=INJECTED))
+    assert found.phases == {"data_loading": 0.3, "optimizer": 0.1} and found.unsplit == pytest.approx(0.6)
+    unsure = diagnose(Measurements(resources=resources(), stacks=few, steptimer=INJECTED))
+    b = unsure["bottleneck"]
+    assert b["primary"] == "unknown" and b["confidence"] == 0.0  # the unsplit 60% could be any category
+    assert "the other 60% of the step could be any category" in b["basis"] and "30 taken" in b["basis"]
+    assert b["missing"] == {"stack_samples": {"have": 30, "need": MIN_STACK_SAMPLES}}
+    waiting = {**INJECTED, "totals": {"data_wait": 9.0, "optimizer": 0.2, "other": 0.8}}
+    sure = diagnose(Measurements(resources=resources(), stacks=few, steptimer=waiting))["bottleneck"]
+    assert sure["primary"] == "data_loading" and sure["shares"]["unsplit"] == 0.08  # 90% beats anything the rest is
+    assert 0.9 < sure["confidence"] <= SOURCE_WEIGHT["steptimer"]
 
 
 # ---------------------------------------------------------------- the primary bottleneck
@@ -130,17 +177,44 @@ def test_syncs_count_as_compute_and_checkpointing_as_other():
     assert other["bottleneck"]["primary"] == "other"
 
 
-def test_without_stacks_the_collector_guesses_with_low_confidence():
+def test_without_stacks_a_resource_that_speaks_for_one_category_decides_with_confidence_by_its_margin():
     saturated = diagnose(Measurements(resources=resources(workers_max=4, worker_cpu_cores=3.8)))
     assert saturated["bottleneck"]["primary"] == "data_loading"
     assert saturated["bottleneck"]["shares"] == {} and saturated["bottleneck"]["source"] == "collector"
-    assert saturated["bottleneck"]["confidence"] <= 0.5
+    barely = diagnose(Measurements(resources=resources(workers_max=4, worker_cpu_cores=3.24)))["bottleneck"]
+    assert barely["confidence"] < saturated["bottleneck"]["confidence"] <= SOURCE_WEIGHT["collector"]
+    assert barely["confidence"] == pytest.approx(SOURCE_WEIGHT["collector"] * 0.51, abs=0.01)  # 0.81 cores: at the line
     iowait = diagnose(Measurements(resources=resources(host_iowait_ratio=0.4)))
     assert iowait["bottleneck"]["primary"] == "data_loading"
     busy_gpu = diagnose(Measurements(resources=resources(gpu_utilization_mean=0.95), uses_gpu=True))
     assert busy_gpu["bottleneck"]["primary"] == "compute"
+
+
+def test_too_little_evidence_is_unknown_and_says_what_is_missing_never_a_default_guess():
+    # a 5 s run: 46 stack samples, half of them in data loading; the Collector saw nothing telling
+    short = diagnose(Measurements(resources=resources(seconds=5.0), stacks=evidence({"data_loading": 23, "forward": 23}),
+                                  steptimer={"steps": 2, "wall": 0.5, "totals": {"data_wait": 0.2}}))
+    b = short["bottleneck"]
+    assert b["primary"] == "unknown" and b["confidence"] == 0.0 and b["shares"] == {}
+    assert b["missing"] == {"steps": {"have": 2, "need": 3}, "stack_samples": {"have": 46, "need": MIN_STACK_SAMPLES}}
+    assert "2 timed steps (needs 3) and 46 stack samples of the training thread (needs 50)" in b["basis"]
+    assert "at 100 Hz, 50 samples take 0.5 s of training" in b["basis"]
     nothing = diagnose(Measurements())
-    assert nothing["bottleneck"]["confidence"] == 0.0 and nothing["findings"] == []
+    assert nothing["bottleneck"]["primary"] == "unknown" and nothing["findings"] == []
+    assert "and no stack samples of a Python training thread (needs 50)" in nothing["bottleneck"]["basis"]
+
+
+def test_a_command_that_failed_before_training_says_so():
+    crashed = diagnose(Measurements(resources=resources(seconds=1.8), stacks=evidence({"other": 180}), exit_code=1))
+    b = crashed["bottleneck"]
+    assert b["primary"] == "unknown" and "the command failed (exit code 1) before training" in b["basis"]
+    (found,) = crashed["findings"]
+    assert found["id"] == "command_failed" and found["severity"] == "high" and found["evidence"]["exit_code"] == 1
+    # one that trained first is diagnosed, and the finding says until when
+    late = diagnose(Measurements(resources=resources(), stacks=evidence({"forward": 900, "other": 100}), exit_code=3,
+                                 steptimer={"steps": 2, "wall": 1.0, "totals": {}}))
+    assert late["bottleneck"]["primary"] == "compute"
+    assert finding(late, "command_failed")["title"].startswith("The command failed with exit code 3 after 2 timed")
 
 
 # ---------------------------------------------------------------- input-bound and why
@@ -167,7 +241,10 @@ def test_inline_cpu_bound_loading_recommends_workers_with_an_amdahl_bound_capped
                  res=resources(cores=2, main_cpu_cores=1.0))
     rec = recommendation(capped, "num_workers")
     assert rec["knobs"]["num_workers"] == 1 and "capped at cores - 1" in rec["evidence"]
-    assert rec["expected_gain"]["speedup_at_most"] == 2.0  # Amdahl 5x, but 2 cores / 1 core in use
+    # Amdahl 5x, 2 cores / 1 core in use 2x, but one worker loads a batch as slowly as the training thread
+    # does now: the step shrinks from 1.0 to the worker's 0.8 at best
+    assert rec["expected_gain"]["speedup_at_most"] == 1.25 and rec["expected_gain"]["basis"] == "amdahl+cores+workers"
+    assert "and 1 worker(s) cannot supply more" in rec["expected_gain"]["reasoning"]
 
 
 def test_inline_native_decoding_that_releases_the_gil_is_cpu_bound_by_the_process_cpu_not_storage():
@@ -179,17 +256,63 @@ def test_inline_native_decoding_that_releases_the_gil_is_cpu_bound_by_the_proces
     assert recommendation(report, "num_workers")["knobs"]["num_workers"] == 1  # cores - 1, not 2
 
 
-def test_inline_loading_that_releases_the_gil_is_blocked_storage_and_is_not_capped_by_cores():
-    report = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05},
-                 res=resources(cores=2, main_cpu_cores=0.3))
-    assert finding(report, "input_bound")["evidence"]["cause"] == "inline_blocked"
+def test_inline_loading_that_releases_the_gil_and_reads_storage_is_storage_and_needs_no_core_per_worker():
+    reading = resources(cores=2, main_cpu_cores=0.3, host_busy_ratio=0.15, main_read_bytes_per_second=40e6)
+    report = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05}, res=reading)
+    assert finding(report, "input_bound")["evidence"]["cause"] == "inline_storage"
+    assert "waits on storage" in finding(report, "input_bound")["title"]
     rec = recommendation(report, "num_workers")
     assert rec["knobs"]["num_workers"] == 4  # 0.8/0.2: latency-bound workers need no core each
-    assert rec["expected_gain"]["speedup_at_most"] == 5.0
+    assert rec["expected_gain"]["speedup_at_most"] == 5.0  # 1.7 idle cores + the 0.3 in use: Amdahl's 5x fits
+    iowait = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05},
+                 res=resources(cores=2, main_cpu_cores=0.3, host_iowait_ratio=0.3))
+    assert finding(iowait, "input_bound")["evidence"]["cause"] == "inline_storage"
+    busy = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05},
+               res=resources(cores=2, main_cpu_cores=0.99, main_read_bytes_per_second=26e6))
+    assert finding(busy, "input_bound")["evidence"]["cause"] == "inline_cpu"  # a thread that busy is not waiting
+
+
+def test_inline_loading_blocked_on_neither_cpu_nor_storage_says_so_and_counts_only_the_cores_it_can_have():
+    # the GIL released, 0.3 cores used, no iowait, no local reads: remote storage, the network or a lock
+    report = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05},
+                 res=resources(cores=2, main_cpu_cores=0.3, host_busy_ratio=0.5))
+    found = finding(report, "input_bound")
+    assert found["evidence"]["cause"] == "inline_blocked" and "not reading local storage" in found["title"]
+    expected = recommendation(report, "num_workers")["expected_gain"]
+    assert expected["speedup_at_most"] == 4.33  # (0.3 in use + 1.0 idle) / 0.3: the other 0.7 were busy elsewhere
+    assert "other processes kept 0.70 busy" in expected["reasoning"]
+
+
+def test_inline_loading_starved_of_cpu_is_cpu_bound_not_blocked():
+    # decoding that releases the GIL on a host other work keeps busy: 0.39 cores used, 0.5 waited for
+    starved = resources(cores=2, main_cpu_cores=0.39, main_run_delay_cores=0.5, host_busy_ratio=0.99)
+    report = run({"data_loading": 900, "forward": 100}, gil={"data_loading": 0.07}, res=starved)
+    assert finding(report, "input_bound")["evidence"]["cause"] == "inline_cpu"
+    rec = recommendation(report, "num_workers")
+    assert rec["knobs"]["num_workers"] == 1 and rec["expected_gain"]["speedup_at_most"] == 1.05  # no core to give
+    # without schedstat a full host is taken for starvation; with it, a thread that did not wait is blocked
+    unread = resources(cores=2, main_cpu_cores=0.39, host_busy_ratio=0.99)
+    assert finding(run({"data_loading": 900, "forward": 100}, gil={"data_loading": 0.07}, res=unread),
+                   "input_bound")["evidence"]["cause"] == "inline_cpu"
+    waited_not = resources(cores=2, main_cpu_cores=0.39, main_run_delay_cores=0.01, host_busy_ratio=0.99)
+    assert finding(run({"data_loading": 900, "forward": 100}, gil={"data_loading": 0.07}, res=waited_not),
+                   "input_bound")["evidence"]["cause"] == "inline_blocked"
+
+
+def test_workers_waiting_for_a_core_are_cpu_bound_not_storage():
+    starved = resources(cores=2, workers_max=2, worker_cpu_cores=0.6, worker_run_delay_cores=1.2, host_busy_ratio=0.99)
+    report = run({"data_loading": 700, "forward": 300}, res=starved,
+                 workers={"fetch": 900, "waiting_for_indices": 100})
+    found = finding(report, "input_bound")
+    assert found["evidence"]["cause"] == "workers_cpu_saturated" and found["evidence"]["worker_run_delay_cores"] == 1.2
+    assert "each use 0.30 cores and wait 0.60 for one" in recommendation(report, "cheaper_transforms")["evidence"]
+    blocked = resources(cores=2, workers_max=2, worker_cpu_cores=0.6, worker_run_delay_cores=0.02)
+    assert finding(run({"data_loading": 700, "forward": 300}, res=blocked, workers={"fetch": 900}),
+                   "input_bound")["evidence"]["cause"] == "storage"
 
 
 def test_workers_saturated_by_transforms_get_more_workers_only_with_idle_cores():
-    saturated = dict(workers_max=2, worker_cpu_cores=1.9, main_cpu_cores=0.5)
+    saturated = {"workers_max": 2, "worker_cpu_cores": 1.9, "main_cpu_cores": 0.5}
     busy = run({"data_loading": 500, "forward": 500}, res=resources(cores=4, host_busy_ratio=0.95, **saturated))
     assert finding(busy, "input_bound")["evidence"]["cause"] == "workers_cpu_saturated"
     assert recommendation(busy, "num_workers") is None and recommendation(busy, "cheaper_transforms")
@@ -232,12 +355,22 @@ def test_worker_start_up_each_epoch_recommends_persistent_workers():
 
 
 def test_host_to_device_copies_recommend_pinned_memory_and_non_blocking():
-    report = run({"host_to_device": 250, "forward": 750})
+    report = run({"host_to_device": 250, "forward": 750}, uses_gpu=True)
     assert finding(report, "host_to_device")["severity"] == "high"
     rec = recommendation(report, "pin_memory")
     assert rec["knobs"] == {"pin_memory": True, "non_blocking": True}
     assert rec["expected_gain"]["speedup_at_most"] == 1.33
-    assert finding(run({"host_to_device": 50, "forward": 950}), "host_to_device") is None
+    assert finding(run({"host_to_device": 50, "forward": 950}, uses_gpu=True), "host_to_device") is None
+
+
+def test_without_a_gpu_copies_are_host_memory_copies_and_no_device_knob_is_advised():
+    report = run({"host_to_device": 250, "sync": 200, "forward": 550}, model=ModelFacts("float32", "cpu"))
+    assert report["phases"]["copy"] == 0.25 and "host_to_device" not in report["phases"]
+    assert report["bottleneck"]["shares"]["host_to_device"] == 0.0 and report["bottleneck"]["shares"]["other"] == 0.25
+    ids = {r["id"] for r in report["recommendations"]}
+    assert not ids & {"pin_memory", "avoid_item", "batch_size"}
+    # no GPU memory held and no injected timing: the same
+    assert recommendation(run({"host_to_device": 250, "forward": 750}), "pin_memory") is None
 
 
 def test_an_underused_gpu_recommends_a_larger_batch_only_when_the_training_uses_it():
@@ -250,10 +383,10 @@ def test_an_underused_gpu_recommends_a_larger_batch_only_when_the_training_uses_
 
 
 def test_syncs_every_step_are_a_finding_with_their_own_recommendation():
-    report = run({"forward": 800, "sync": 200})
+    report = run({"forward": 800, "sync": 200}, uses_gpu=True)
     assert finding(report, "host_device_syncs")["evidence"]["sync_share"] == 0.2
     assert recommendation(report, "avoid_item")["expected_gain"]["speedup_at_most"] == 1.25
-    assert finding(run({"forward": 960, "sync": 40}), "host_device_syncs") is None
+    assert finding(run({"forward": 960, "sync": 40}, uses_gpu=True), "host_device_syncs") is None
 
 
 @pytest.mark.parametrize("available, swap_io, severity", [(0.5, 0.0, None), (0.08, 0.0, "moderate"),
@@ -300,7 +433,7 @@ def test_the_optimizers_python_loop_and_zero_grad():
 
 
 def test_compute_bound_loops_get_compute_knobs_and_healthy_ones_say_so():
-    report = run({"data_loading": 20, "forward": 500, "backward": 450, "other": 30}, convolution=True)
+    report = run({"data_loading": 20, "forward": 500, "backward": 450, "other": 30}, convolution=True, uses_gpu=True)
     found = finding(report, "compute_bound")
     assert found["severity"] == "info" and found["evidence"]["healthy"] is True
     ids = [r["id"] for r in report["recommendations"]]
@@ -337,3 +470,39 @@ def test_other_made_of_unrecognized_code_halves_the_confidence():
     assert unnamed["bottleneck"]["primary"] == named["bottleneck"]["primary"] == "other"
     assert unnamed["bottleneck"]["confidence"] == pytest.approx(named["bottleneck"]["confidence"] / 2, abs=0.001)
     assert "no rule recognizes" in unnamed["bottleneck"]["basis"]
+
+
+@pytest.mark.parametrize("model, gpu, cpu_bf16, expected", [
+    (ModelFacts("float32", "cuda", "8.0"), True, (), "bfloat16"),
+    (ModelFacts("float32", "cuda", "7.0"), True, (), "float16"),  # Volta: fp16 tensor cores, no bf16
+    (ModelFacts("float32", "cuda", "6.1"), True, (), None),  # Pascal: no tensor cores
+    (ModelFacts("float64", "cuda", "9.0"), True, (), None),  # autocast leaves float64 alone
+    (ModelFacts("bfloat16", "cuda", "9.0"), True, (), None),  # already there
+    (ModelFacts("float32", "cpu"), False, ("avx512_bf16",), "bfloat16"),
+    (ModelFacts("float32", "cpu"), False, (), None),  # a CPU without bf16 instructions emulates them
+    (ModelFacts("float64", "cpu"), False, ("amx_bf16",), None),  # an LBFGS model in float64
+    (None, True, (), "bfloat16"),  # not measured: said so
+])
+def test_mixed_precision_is_advised_only_where_its_premise_holds(model, gpu, cpu_bf16, expected):
+    m = Measurements(model=model, uses_gpu=gpu, cpu_bf16=cpu_bf16)
+    fit = autocast(m)
+    assert (fit[0] if fit else None) == expected
+    report = run({"forward": 600, "backward": 400}, model=model, uses_gpu=gpu, cpu_bf16=cpu_bf16)
+    ids = {r["id"] for r in report["recommendations"]}
+    assert ("amp_bf16" in ids) == (expected == "bfloat16") and ("amp_fp16" in ids) == (expected == "float16")
+    if model is None:
+        assert "its dtype was not measured" in recommendation(report, "amp_bf16")["evidence"]
+
+
+def test_every_loading_gain_is_capped_by_the_cores_with_the_cpu_per_step_in_its_reasoning():
+    # storage-bound workers: Amdahl allows 5x, but the tree already uses 1.0 of 2 cores
+    report = diagnose(Measurements(
+        resources=resources(cores=2, main_cpu_cores=0.4, workers_max=2, worker_cpu_cores=0.6, host_busy_ratio=0.5),
+        stacks=evidence({"data_loading": 800, "forward": 200}, workers={"fetch": 900, "waiting_for_indices": 100}),
+        steptimer={"steps": 100, "wall": 10.0, "totals": {"data_wait": 8.0, "forward": 2.0}}))
+    for id in ("num_workers", "prefetch_factor", "storage_format"):
+        expected = recommendation(report, id)["expected_gain"]
+        assert expected["speedup_at_most"] == 2.0 and expected["basis"] == "amdahl+cores"
+    reasoning = recommendation(report, "num_workers")["expected_gain"]["reasoning"]
+    assert "use 1.00 of 2 cores (100 ms of CPU per step, 60 ms of it in the workers: 2 cores sustain at most 20 " \
+           "steps/s against 10 now)" in reasoning

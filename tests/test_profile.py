@@ -39,6 +39,9 @@ IMPORT = f("_find_and_load", "<frozen importlib._bootstrap>", 1176)
 WORKER = (f("_worker_loop", f"{SITE}/torch/utils/data/_utils/worker.py", 350),)
 FETCH = f("_MapDatasetFetcher.fetch", f"{SITE}/torch/utils/data/_utils/fetch.py", 52)
 QUEUE_GET = f("Queue.get", "/usr/lib/python3.11/multiprocessing/queues.py", 103)
+LBFGS_STEP = f("LBFGS.step", f"{SITE}/torch/optim/lbfgs.py", 330)
+CONTEXT = f("decorate_context", f"{SITE}/torch/utils/_contextlib.py", 120)
+CLOSURE = f("train.<locals>.closure", "/home/u/train.py", 22)
 
 
 # ---------------------------------------------------------------- parsing
@@ -79,6 +82,13 @@ def test_parse_collapsed_reads_processes_threads_and_frames():
     (LOOP + (f("Logger.info", "/usr/lib/python3.11/logging/__init__.py"),), "logging"),
     (LOOP + (f("synchronize", f"{SITE}/torch/cuda/__init__.py"),), "sync"),
     (LOOP + (f("Module.to", f"{SITE}/torch/nn/modules/module.py"),), "host_to_device"),
+    # LBFGS: forward and backward run in the script's closure, called back by optimizer.step(closure)
+    (LOOP + (STEP, LBFGS_STEP, CONTEXT, CLOSURE, CALL, f("Linear.forward", f"{SITE}/torch/nn/modules/linear.py")),
+     "forward"),
+    (LOOP + (STEP, LBFGS_STEP, CONTEXT, CLOSURE, BACKWARD), "backward"),
+    (LOOP + (STEP, LBFGS_STEP, f("_strong_wolfe", f"{SITE}/torch/optim/lbfgs.py")), "optimizer"),  # its own work
+    (LOOP + (STEP, LBFGS_STEP, CONTEXT, CLOSURE, f("Optimizer.zero_grad", f"{SITE}/torch/optim/optimizer.py")),
+     "optimizer"),
 ])
 def test_the_outermost_known_frame_decides_the_phase(frames, phase):
     assert stack_phase(frames, source_line=lambda file, line: "") == phase
@@ -87,6 +97,7 @@ def test_the_outermost_known_frame_decides_the_phase(frames, phase):
 @pytest.mark.parametrize("line, phase", [
     ("    x, y = x.to(device, non_blocking=True), y.to(device)", "host_to_device"),
     ("    x = x.cuda()", "host_to_device"),
+    ("    predictions.append(out.to('cpu'))", "sync"),  # to the host: waits for the device, copies nothing to it
     ("    running += loss.item()", "sync"),
     ("    print(f'step {i}')", "logging"),
     ("    total += 1", "other"),
@@ -207,7 +218,8 @@ def test_a_failing_command_keeps_its_exit_code_and_still_gets_a_report(tmp_path)
     result, report, out = profile(tmp_path, command=command)
     assert result.returncode == 7 and "out" in result.stdout
     assert report["run"]["exit_code"] == 7 and report["run"]["ended_by"] == "exited"
-    assert report["bottleneck"]["primary"] in ("data_loading", "host_to_device", "compute", "other")
+    assert report["bottleneck"]["primary"] == "unknown"  # no training step: never a guess
+    assert report["bottleneck"]["basis"].startswith("the command failed (exit code 7) before training")
     assert (out / "report.md").read_text().startswith("# perfwatch profile:")
 
 
@@ -250,7 +262,7 @@ def test_no_pyspy_gives_a_collector_only_diagnosis(tmp_path):
     result, report, out = profile(tmp_path, "--no-pyspy", command=script(tmp_path, BUSY.format(seconds=1.5)))
     assert result.returncode == 0
     assert report["pyspy"]["status"] == "disabled" and report["bottleneck"]["source"] == "collector"
-    assert report["bottleneck"]["shares"] == {} and report["bottleneck"]["confidence"] <= 0.5
+    assert report["bottleneck"]["shares"] == {} and report["bottleneck"]["primary"] == "unknown"
     assert len((out / "collector.jsonl").read_text().splitlines()) >= 3
 
 

@@ -24,8 +24,9 @@ from perfwatch.monitoring.metrics import STEP_BUCKETS
 from perfwatch.monitoring.step_timing import ENABLE_ENV, STEP_BUCKETS_ENV, STEP_DIR_ENV, install_child_hooks
 
 # An unmodified script: a DataLoader whose dataset sleeps 4 ms per batch of 8, SGD, and options
-# for gradient accumulation (--accumulate N), a second optimizer (--two-optimizers) and
-# perfwatch's own StepTimer (--steptimer). It prints its final loss, exactly.
+# for gradient accumulation (--accumulate N), a second optimizer (--two-optimizers), perfwatch's
+# own StepTimer (--steptimer), DataLoader workers (--workers N), LBFGS with a closure (--lbfgs)
+# and float64 (--double). It prints its final loss, exactly.
 TRAIN = textwrap.dedent("""\
     import argparse, time
     import torch
@@ -36,7 +37,11 @@ TRAIN = textwrap.dedent("""\
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--two-optimizers", action="store_true")
     parser.add_argument("--steptimer", action="store_true")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--lbfgs", action="store_true")
+    parser.add_argument("--double", action="store_true")
     args = parser.parse_args()
+    dtype = torch.float64 if args.double else torch.float32
 
     class Slow(Dataset):
         def __len__(self):
@@ -45,13 +50,22 @@ TRAIN = textwrap.dedent("""\
             if i % 8 == 0:
                 time.sleep(0.004)
             g = torch.Generator().manual_seed(i)
-            return torch.randn(4, generator=g), torch.randn(1, generator=g)
+            return torch.randn(4, generator=g, dtype=dtype), torch.randn(1, generator=g, dtype=dtype)
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).to(dtype)
     groups = [model[0].parameters(), model[2].parameters()] if args.two_optimizers else [model.parameters()]
     optimizers = [torch.optim.SGD(params, lr=0.05) for params in groups]
-    loader = DataLoader(Slow(), batch_size=8)
+    loader = DataLoader(Slow(), batch_size=8, num_workers=args.workers)
+    if args.lbfgs:
+        lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=4)
+        def loss_of(x, y):  # LBFGS calls it several times a step
+            lbfgs.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            return loss.backward() or loss
+        for x, y in loader:
+            lbfgs.step(lambda: loss_of(x, y))
+        raise SystemExit(0)
     if args.steptimer:
         from perfwatch import StepTimer
         loader = StepTimer().iter(loader)
@@ -65,7 +79,7 @@ TRAIN = textwrap.dedent("""\
                     opt.zero_grad()
         if time.time() >= deadline:
             break
-    print(repr(float(torch.nn.functional.mse_loss(model(torch.ones(2, 4)), torch.zeros(2, 1)).detach())))
+    print(repr(float(torch.nn.functional.mse_loss(model(torch.ones(2, 4, dtype=dtype)), torch.zeros(2, 1, dtype=dtype)).detach())))
 """)
 
 
@@ -121,6 +135,60 @@ def test_the_injected_timing_does_not_change_what_the_script_computes(train, tmp
 def test_a_script_with_its_own_steptimer_is_not_timed_twice(train, tmp_path):
     _, published = run_timed(train, tmp_path, "--steptimer")
     assert published == []
+
+
+def test_it_publishes_the_dataloader_workers_pids_and_the_models_dtype(train, tmp_path):
+    _, [summary] = run_timed(train, tmp_path, "--workers", "2")
+    assert len(summary["dataloader_worker_pids"]) == 2 and os.getpid() not in summary["dataloader_worker_pids"]
+    assert summary["exact_phases"] == ["data_wait", "optimizer"] and summary["closure_steps"] == 0
+    assert summary["model"] == {"dtype": "float32", "device": "cpu", "cuda_capability": None, "optimizer": "SGD"}
+    (tmp_path / "inline").mkdir()
+    _, [inline] = run_timed(train, tmp_path / "inline", "--double")
+    assert inline["dataloader_worker_pids"] == [] and inline["model"]["dtype"] == "float64"
+
+
+def test_an_optimizer_closure_is_not_timed_as_the_optimizer(train, tmp_path):
+    # LBFGS runs forward and backward inside step(closure): that time is left to py-spy's attribution
+    _, [summary] = run_timed(train, tmp_path, "--lbfgs")
+    assert summary["steps"] == 8 and summary["closure_steps"] == 8
+    assert summary["totals"]["optimizer"] == 0 and summary["exact_phases"] == ["data_wait"]
+    assert summary["model"]["optimizer"] == "LBFGS"
+
+
+# A script on a GPU that is always behind the host: the machine has none, so the test stands in for
+# CUDA's events (never done until waited for), which is all a StepTimer in events mode asks of it.
+BEHIND_GPU = textwrap.dedent("""\
+    import time
+    import torch
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.at, self.done = None, False
+        def record(self, stream=None):
+            self.at = time.perf_counter()
+        def query(self):
+            return self.done
+        def synchronize(self):
+            self.done = True
+        def elapsed_time(self, end):
+            return (end.at - self.at) * 1000.0
+
+    torch.cuda.is_available = torch.cuda.is_initialized = lambda: True
+    torch.cuda.Event, torch.cuda.current_stream = Event, lambda index=None: None
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x in torch.utils.data.DataLoader(torch.randn(64, 4), batch_size=8):
+        model(x).sum().backward()
+        optimizer.step()
+""")
+
+
+def test_steps_whose_gpu_events_are_still_in_flight_at_exit_are_counted(tmp_path):
+    script = tmp_path / "gpu.py"
+    script.write_text(BEHIND_GPU)
+    _, [summary] = run_timed(script, tmp_path)
+    assert summary["mode"] == "events" and summary["pending"] == 0
+    assert summary["steps"] == 8 and summary["samples"] == 64  # the last steps too, not only those the GPU finished
 
 
 def test_profile_gets_exact_steps_and_data_wait_of_an_unmodified_script(train, tmp_path):

@@ -9,6 +9,7 @@ import click
 
 from perfwatch.cli.app import cli
 from perfwatch.profile.pyspy import STOP_GRACE_S
+from perfwatch.profile.trial import TRY_PAIRS, TRY_SECONDS
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -54,9 +55,17 @@ def monitor(port: int, bind: str, interval: float, push: str | None, pid: int | 
               help="Also run torch.profiler in the command (for --duration, default 30 s) and keep its top ops.")
 @click.option("--rate", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="py-spy samples per second.")
+@click.option("--try", "try_top", is_flag=True,
+              help="Then try the top DataLoader recommendation: re-run the command with its knobs injected, in "
+                   "paired windows against the original settings, and report the measured speedup.")
+@click.option("--try-pairs", type=click.IntRange(1), default=TRY_PAIRS, show_default=True,
+              help="Pairs of windows (original, tried) for --try.")
+@click.option("--try-seconds", type=float, default=TRY_SECONDS, show_default=True, metavar="SECONDS",
+              help="Seconds each --try window measures, after its warm-up.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def profile_command(out: Path | None, duration: float | None, keep_running: bool, no_pyspy: bool,
-                    torch_profiler: bool, rate: int, command: tuple[str, ...]) -> None:
+                    torch_profiler: bool, rate: int, try_top: bool, try_pairs: int, try_seconds: float,
+                    command: tuple[str, ...]) -> None:
     """Find the bottleneck of a training command: `perfwatch profile -- python train.py ...`.
 
     Runs the command unmodified (its input and output pass through) under the collector and
@@ -68,11 +77,17 @@ def profile_command(out: Path | None, duration: float | None, keep_running: bool
     a script that catches the KeyboardInterrupt of its SIGINT exits with its own code, one that does
     not with 130. A process the command leaves running when it exits by itself (a daemon) is named
     in a warning and left running.
+
+    With --try, once the command has exited, the top recommendation that sets DataLoader arguments
+    (num_workers, pin_memory, prefetch_factor, persistent_workers) is tried on the unmodified command:
+    fresh runs with and without it, interleaved, their steps/s timed exactly; the report gives the measured
+    speedup and its interval beside the predicted bound, and drops a knob that measured slower.
     """
     from perfwatch.profile.run import ProfileOptions, run_profile
 
     options = ProfileOptions(out=out, duration=duration, keep_running=keep_running, pyspy=not no_pyspy,
-                             rate=rate, torch_profiler=torch_profiler)
+                             rate=rate, torch_profiler=torch_profiler, try_pairs=try_pairs if try_top else 0,
+                             try_seconds=try_seconds)
     result = run_profile(command, options, say=lambda line: click.echo(f"perfwatch: {line}", err=True))
     if result.exit_code:
         sys.exit(result.exit_code)

@@ -9,7 +9,10 @@ metrics; the profiler reads them for its diagnosis.
 
 What node_exporter and dcgm-exporter cannot say, and this can: how much CPU, memory
 and IO the training process spends in its DataLoader workers (role ``worker``)
-versus itself (role ``main``).
+versus itself (role ``main``). The roles are the watched PID and all its descendants;
+``TreeSnapshot.members`` has each process apart (with its parent and command line) for a
+reader that knows better which of them are DataLoader workers (``perfwatch profile``,
+where the training process may itself be a child, of ``bash -c "gen.py && train.py"``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ SKIPPED_INTERFACES = frozenset({"lo"})
 
 ERROR_LOG_PERIOD_S = 60.0  # a failing reader logs at most once a minute after its first failure
 SAMPLER_NICENESS = 10  # the sampler thread yields the CPU to training threads
+# A child caught between fork and exec still shows its parent's command line: read it on the
+# first two samples of a process (an exec follows a fork within milliseconds), then keep it.
+CMDLINE_READS = 2
 
 
 # ---------------------------------------------------------------- snapshots
@@ -160,12 +166,30 @@ class RoleStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """One live process of the watched tree: its place in it and its own counters."""
+
+    pid: int
+    ppid: int
+    cmdline: tuple[str, ...]  # () where it could not be read
+    cpu_seconds_total: float
+    io_read_bytes_total: int
+    rss_bytes: int
+    threads: int
+    involuntary_context_switches_total: int
+    # how long its main thread was runnable but waiting for a CPU (/proc/<pid>/schedstat): with its CPU time,
+    # what it would have used on a free core; the rest of the wall time it was blocked (IO, a queue, a sleep)
+    run_delay_seconds_total: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class TreeSnapshot:
     pid: int
     alive: bool  # False once the watched PID has exited (or is a zombie)
     main: RoleStats
     workers: RoleStats
     access_denied_total: int  # reads refused (io counters, USS), left out of the sums
+    members: tuple[ProcessStats, ...] = ()  # the live processes one by one, by pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +306,25 @@ class _Member:
         self.rss = self.threads = 0
         self.uss: int | None = None
         self.pss: int | None = None
+        self.ppid = 0
+        self.cmdline: tuple[str, ...] = ()
+        self.reads = 0  # samples taken of it
+        self.run_delay = 0.0
+
+    def stats(self) -> ProcessStats:
+        c = self.counters
+        return ProcessStats(self.process.pid, self.ppid, self.cmdline, c.cpu_seconds, c.read_bytes, self.rss,
+                            self.threads, c.involuntary, self.run_delay)
+
+
+def _run_delay(pid: int, last: float) -> float:
+    """Seconds the process's main thread has waited on a run queue (the 2nd field of /proc/<pid>/schedstat,
+    in ns); ``last`` where the file cannot be read (a kernel without schedstat, the process gone)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return last
 
 
 class _ProcessTree:
@@ -321,7 +364,8 @@ class _ProcessTree:
                 for pid in list(self._members):
                     self._retire(pid)
         return TreeSnapshot(
-            self.pid, self._alive, self._role("main"), self._role("worker"), self._access_denied
+            self.pid, self._alive, self._role("main"), self._role("worker"), self._access_denied,
+            tuple(m.stats() for _, m in sorted(self._members.items())),
         )
 
     def _discover(self) -> None:
@@ -374,7 +418,10 @@ class _ProcessTree:
                 memory = process.memory_info()
                 switches = process.num_ctx_switches()
                 member.threads = process.num_threads()
+                member.ppid = process.ppid()
                 read_bytes, write_bytes = self._io_bytes(process, member)
+            if member.reads < CMDLINE_READS:
+                member.cmdline = self._cmdline(process)
         except psutil.NoSuchProcess:
             self._retire(process.pid)
             return
@@ -388,8 +435,17 @@ class _ProcessTree:
             self._retired[member.role] += member.counters
         member.counters = counters
         member.rss = memory.rss
+        member.run_delay = _run_delay(process.pid, member.run_delay)
+        member.reads += 1
         if measure_uss:
             self._measure_uss(member)
+
+    @staticmethod
+    def _cmdline(process: psutil.Process) -> tuple[str, ...]:
+        try:
+            return tuple(process.cmdline())
+        except psutil.AccessDenied:
+            return ()
 
     def _io_bytes(self, process: psutil.Process, member: _Member) -> tuple[int, int]:
         try:

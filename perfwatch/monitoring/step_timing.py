@@ -11,6 +11,16 @@ channel); under ``monitor`` its summary, with step-time bucket counts, goes ever
 into ``$PERFWATCH_STEP_DIR``, for the parent to export as ``perfwatch_train_*``
 (``metrics.PublishedTraining``). Any failure steps aside with one warning.
 
+Both also carry what only the training process knows (``channel.injected_facts``): which
+phases were timed exactly, the PIDs of the worker processes its DataLoader iterators started
+(``_MultiProcessingDataLoaderIter._workers``: ``profile`` counts only those as workers), and
+the dtype and device of the parameters the optimizer steps (whether bf16 autocast can help).
+
+For ``perfwatch profile --try`` the same hook also sets DataLoader arguments (``$PERFWATCH_LOADER_KNOBS``,
+JSON) in every DataLoader the script constructs, through the constructor, and notes when the run is
+past its warm-up (``$PERFWATCH_STEP_MARK_AFTER`` seconds after the first step: ``mark_steps`` and
+``mark_unix`` in the published summary), so that steps/s can be measured exactly from there on.
+
 This module runs inside the user's process: it imports nothing heavy.
 """
 
@@ -26,10 +36,11 @@ import sys
 import threading
 import time
 from bisect import bisect_left
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from perfwatch.channel import INJECTED_SOURCE, publish_timer
+from perfwatch.channel import INJECTED_SOURCE, publish_now, publish_timer
 from perfwatch.store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -38,6 +49,10 @@ STEP_DIR_ENV = "PERFWATCH_STEP_DIR"  # set by `perfwatch monitor`: where the lau
 STEP_BUCKETS_ENV = "PERFWATCH_STEP_BUCKETS"  # the parent's histogram bounds, comma-separated
 ENABLE_ENV = "PERFWATCH_STEP_TIMING"  # "1", set with the hooks; "0" turns the timing off (the overhead baseline)
 MONITOR_PUBLISH_EVERY_S = 1.0
+KNOBS_ENV = "PERFWATCH_LOADER_KNOBS"  # JSON: DataLoader arguments to set in every DataLoader (`profile --try`)
+MARK_AFTER_ENV = "PERFWATCH_STEP_MARK_AFTER"  # seconds after the first step to note the steps done (warm-up)
+LOADER_KNOBS = ("num_workers", "pin_memory", "prefetch_factor", "persistent_workers")
+_NEED_WORKERS = ("prefetch_factor", "persistent_workers")  # DataLoader refuses them with num_workers=0
 
 _HOOK = """\
 # Written by perfwatch: time the training steps of this command (and start torch.profiler
@@ -97,6 +112,16 @@ def _guarded(fn: Any, *args: Any) -> Any:
         return None
 
 
+def _noted(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` for a fact the timing can do without (the workers' pids, the model's dtype): a
+    failure leaves the fact out, not the timing."""
+    try:
+        return fn(*args)
+    except Exception:
+        log.debug("perfwatch: zero-code step timing could not note %s", getattr(fn, "__name__", fn), exc_info=True)
+        return None
+
+
 class _AfterTorchImport(importlib.abc.MetaPathFinder):
     """Finds nothing itself: when ``torch`` is imported it wraps torch's loader so that the
     step timing is installed right after torch has finished importing."""
@@ -129,8 +154,9 @@ class _StepTiming:
     A step begins at the first ``__next__`` after an optimizer step (so gradient
     accumulation's several batches are one step, and data wait sums them) or, in a loop
     without a DataLoader, when the optimizer that stepped first steps again (so several
-    optimizers in one iteration are one step). Time inside ``optimizer.step()`` (an LBFGS
-    closure included) is the optimizer phase; the rest is left to py-spy's attribution.
+    optimizers in one iteration are one step). Time inside ``optimizer.step()`` is the
+    optimizer phase, but for a step given a closure (LBFGS: forward and backward run inside
+    it), which is left untimed like the rest, for py-spy's attribution.
     """
 
     def __init__(self, directory: str | None) -> None:
@@ -148,11 +174,25 @@ class _StepTiming:
         self.due = 0.0  # when the next step publishes
         self.path: Path | None = None
         self.batch_size: Any = None
+        self.stepping: Any = None  # the optimizer whose step() is running
+        self.loader_batches = 0  # batches timed through a DataLoader's __next__
+        self.optimizer_steps = 0
+        self.closure_steps = 0  # optimizer steps given a closure (not timed as the optimizer phase)
+        self.worker_pids: set[int] = set()
+        self.model: dict[str, Any] | None = None
+        self.knobs = _loader_knobs()
+        self.knobbed = 0  # DataLoaders constructed with ``knobs``
+        raw_mark = os.environ.get(MARK_AFTER_ENV)
+        self.mark_after = float(raw_mark) if raw_mark else None
+        self.first_unix: float | None = None
+        self.mark: tuple[int, float] | None = None  # (steps, unix time) at the end of the warm-up
 
     def install(self, torch: Any) -> None:
         import torch.optim.optimizer as optim
         from torch.utils import data
 
+        if self.knobs:
+            self._set_knobs(data.DataLoader)
         self._patch_loader(data.DataLoader)
         optim.register_optimizer_step_pre_hook(self._before_optimizer)
         optim.register_optimizer_step_post_hook(self._after_optimizer)
@@ -170,9 +210,29 @@ class _StepTiming:
             if cls not in patched:
                 patched.add(cls)
                 _guarded(timing._patch_next, cls)
+            _noted(timing._note_workers, it)
             return it
 
         loader_class.__iter__ = __iter__
+
+    def _set_knobs(self, loader_class: type) -> None:
+        """Wrap ``DataLoader.__init__`` so that every DataLoader (subclasses calling it too) is built
+        with ``knobs`` in place of the script's own arguments; a call that does not bind is left to fail
+        as it would."""
+        import inspect
+
+        original_init = loader_class.__init__
+        signature = inspect.signature(original_init)
+        timing = self
+
+        def __init__(loader: Any, *args: Any, **kwargs: Any) -> None:
+            bound = _noted(with_knobs, signature, (loader, *args), kwargs, timing.knobs)
+            if bound is None:
+                return original_init(loader, *args, **kwargs)
+            timing.knobbed += 1
+            return original_init(*bound.args, **bound.kwargs)
+
+        loader_class.__init__ = __init__
 
     def _patch_next(self, cls: type) -> None:
         original_next = cls.__next__
@@ -191,6 +251,32 @@ class _StepTiming:
 
         cls.__next__ = __next__
 
+    def _note_workers(self, it: Any) -> None:
+        """Remember the pids of the worker processes of a DataLoader iterator (torch keeps them in
+        ``_workers``; a new epoch without persistent workers starts new ones) and publish them."""
+        pids = {worker.pid for worker in getattr(it, "_workers", ()) if getattr(worker, "pid", None)}
+        if pids - self.worker_pids:
+            self.worker_pids |= pids
+            if self.timer is not None:
+                self._republish()
+
+    def facts(self) -> dict[str, Any]:
+        """What the published summaries carry besides the totals (read by ``channel.injected_facts``)."""
+        exact = (["data_wait"] if self.loader_batches else []) + (
+            ["optimizer"] if self.optimizer_steps and not self.closure_steps else [])
+        facts = {"exact_phases": exact, "dataloader_worker_pids": sorted(self.worker_pids),
+                 "closure_steps": self.closure_steps, "model": self.model or None}
+        if self.knobs:
+            facts["loader_knobs"] = {"knobs": self.knobs, "loaders": self.knobbed}
+        if self.mark is not None:
+            facts.update(mark_steps=self.mark[0], mark_unix=self.mark[1])
+        return facts
+
+    def _republish(self) -> None:
+        publish_now(self.timer)
+        if self.path is not None:
+            self._publish()
+
     # -------------------------------------------------------------- steps
 
     def _start(self) -> bool:
@@ -200,11 +286,11 @@ class _StepTiming:
         if "perfwatch.instrument" in sys.modules:  # the script times itself (StepTimer, perfwatch.monitor())
             self.off = True
             return False
-        from perfwatch.instrument import StepTimer, _batch_size
+        from perfwatch.instrument import StepTimer, batch_size
 
-        self.batch_size = _batch_size  # as StepTimer.iter() counts a batch's samples
+        self.batch_size = batch_size  # as StepTimer.iter() counts a batch's samples
         self.timer = StepTimer()  # under `perfwatch profile` it publishes itself, as any StepTimer
-        publish_timer(self.timer, source=INJECTED_SOURCE)  # ... marked as perfwatch's own timing
+        publish_timer(self.timer, source=INJECTED_SOURCE, extra=self.facts)  # ... marked as perfwatch's own
         if self.directory:  # under `perfwatch monitor`
             raw = os.environ.get(STEP_BUCKETS_ENV, "")
             self.bounds = tuple(float(b) for b in raw.split(",") if b)
@@ -213,6 +299,8 @@ class _StepTiming:
             self.timer.add_listener(self._observe)
             atexit.register(_guarded, self._publish)
         atexit.register(_guarded, self._finish)  # registered last, so it runs first: the open step counts
+        if self.worker_pids:  # known before the first batch: say so now, not 10 s from now
+            self._republish()
         return True
 
     def _begin_batch(self) -> bool:
@@ -230,28 +318,38 @@ class _StepTiming:
         self.stepped = False
 
     def _count(self, batch: Any) -> None:
+        self.loader_batches += 1
         self.timer._step_samples += self.batch_size(batch)
 
     def _before_optimizer(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.off or threading.get_ident() != self.main or self.optimizing is not None:
+        if self.off or threading.get_ident() != self.main or self.stepping is not None:
             return
-        if not _guarded(self._open_for_optimizer, optimizer):
+        if not _guarded(self._open_for_optimizer, optimizer, args, kwargs):
             self.off = True
 
-    def _open_for_optimizer(self, optimizer: Any) -> bool:
+    def _open_for_optimizer(self, optimizer: Any, args: Any, kwargs: Any) -> bool:
         if not self._start():
             return False
         if self.scope is None or (self.stepped and id(optimizer) == self.lead):
             self._next_step()
-        self.optimizing = self.timer.phase("optimizer")
-        self.optimizing.__enter__()
+        if self.model is None:
+            self.model = _noted(model_facts, optimizer) or {}
+        self.stepping = optimizer
+        if callable(args[1] if len(args) > 1 else kwargs.get("closure")):  # args: (optimizer, closure?)
+            self.closure_steps += 1  # forward and backward run inside this step: not the optimizer's time
+        else:
+            self.optimizing = self.timer.phase("optimizer")
+            self.optimizing.__enter__()
         return True
 
     def _after_optimizer(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.optimizing is None or threading.get_ident() != self.main:
+        if self.stepping is not optimizer or threading.get_ident() != self.main:
             return
-        self.optimizing.__exit__(None, None, None)
-        self.optimizing = None
+        if self.optimizing is not None:
+            self.optimizing.__exit__(None, None, None)
+            self.optimizing = None
+        self.stepping = None
+        self.optimizer_steps += 1
         self.stepped = True
         if self.lead is None:
             self.lead = id(optimizer)
@@ -260,20 +358,76 @@ class _StepTiming:
         """The StepTimer listener under ``monitor``: count the step, publish at most every second."""
         self.buckets[bisect_left(self.bounds, record.wall)] += 1
         self.last_step_unix = now = time.time()
+        if self.mark_after is not None and self.mark is None:
+            self.first_unix = self.first_unix or now
+            if now - self.first_unix >= self.mark_after:
+                self.mark = (self.timer.steps, now)
         if now >= self.due:
             self.due = now + MONITOR_PUBLISH_EVERY_S
             self._publish()
 
     def _publish(self) -> None:
-        summary = {**self.timer.summary(), "source": INJECTED_SOURCE, "bucket_bounds": list(self.bounds),
-                   "buckets": list(self.buckets), "last_step_unix": self.last_step_unix}
+        summary = {**self.timer.summary(), "source": INJECTED_SOURCE, **self.facts(),
+                   "bucket_bounds": list(self.bounds), "buckets": list(self.buckets),
+                   "last_step_unix": self.last_step_unix}
         write_atomic(self.path, json.dumps(summary))
 
     def _finish(self) -> None:
-        """At exit: complete the step in progress if an optimizer step ended it."""
-        if self.scope is not None and self.stepped and not self.off:
+        """At exit: complete the step in progress if an optimizer step ended it, and wait for the
+        steps whose CUDA events are still in flight (the GPU is behind the host: without the
+        wait the last steps would be missing from the totals published next)."""
+        if self.off:
+            return
+        if self.scope is not None and self.stepped:
             self.scope.__exit__(None, None, None)
             self.scope = None
+        self.timer.flush()
+
+
+def _loader_knobs() -> dict[str, Any]:
+    """The DataLoader arguments ``$PERFWATCH_LOADER_KNOBS`` asks for (``LOADER_KNOBS`` only); {} for none."""
+    raw = os.environ.get(KNOBS_ENV)
+    if not raw:
+        return {}
+    try:
+        knobs = json.loads(raw)
+    except ValueError:
+        knobs = None
+    if not isinstance(knobs, dict):
+        log.warning("perfwatch: %s is not a JSON object of DataLoader arguments; no knobs set", KNOBS_ENV)
+        return {}
+    return {name: value for name, value in knobs.items() if name in LOADER_KNOBS}
+
+
+def with_knobs(signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any], knobs: dict[str, Any]) -> Any:
+    """The DataLoader constructor's arguments bound from ``args``/``kwargs``, with ``knobs`` in place of
+    the script's; prefetching and persistent workers dropped where the result has no workers."""
+    bound = signature.bind(*args, **kwargs)
+    bound.arguments.update(knobs)
+    if not bound.arguments.get("num_workers"):
+        for name in _NEED_WORKERS:
+            bound.arguments.pop(name, None)
+    return bound
+
+
+def model_facts(optimizer: Any) -> dict[str, Any]:
+    """The dtype and device of most of the parameters ``optimizer`` steps (by element count), the
+    GPU's compute capability when they are on CUDA, and the optimizer's class."""
+    dtypes: Counter[str] = Counter()
+    devices: Counter[Any] = Counter()
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            dtypes[str(param.dtype).removeprefix("torch.")] += param.numel()
+            devices[param.device] += param.numel()
+    device = devices.most_common(1)[0][0] if devices else None
+    capability = None
+    if device is not None and device.type == "cuda":
+        import torch
+
+        capability = "{}.{}".format(*torch.cuda.get_device_capability(device))
+    return {"dtype": dtypes.most_common(1)[0][0] if dtypes else None,
+            "device": device.type if device is not None else None, "cuda_capability": capability,
+            "optimizer": type(optimizer).__name__}
 
 
 def read_published(directory: Path) -> list[dict[str, Any]]:

@@ -4,6 +4,9 @@
 the outermost frame a rule knows decides the phase of a sample (so a Module used as a
 transform inside a Dataset counts as data loading); for the innermost line when it calls a
 C function py-spy cannot see (``.item()``, ``.to()``), ``LINE_RULES`` match its source text.
+One exception: an optimizer step that calls back into the script's code (the closure of
+``LBFGS.step(closure)``, which runs forward and backward) is the optimizer's only outside
+that code; inside it the same rules decide, as they do in the loop body.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ FRAME_RULES: tuple[tuple[str, str, frozenset[str] | None], ...] = (
 
 
 # The innermost Python line when the thread is inside a C function, which has no frame.
+# ``.to("cpu")`` is a copy to the host, which waits for the device like ``.cpu()``: sync, not
+# host-to-device. (On a run without a GPU, diagnose calls both host-memory copies.)
 LINE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("sync", re.compile(r"\.(item|cpu|tolist|numpy)\(\)|\.synchronize\(")),
+    ("sync", re.compile(r"\.(item|cpu|tolist|numpy)\(\)|\.synchronize\(|\.to\(\s*(torch\.device\(\s*)?[\"']cpu[\"']")),
     ("host_to_device", re.compile(r"\.(to|cuda|copy_)\(")),
     ("logging", re.compile(r"\bprint\(")),
 )
@@ -72,6 +77,9 @@ _WAITING_FOR_WORKERS = frozenset({"_MultiProcessingDataLoaderIter._next_data", "
 _TRAINING_PHASES = ("forward", "backward", "optimizer")
 
 
+_TORCH = "/torch/"
+
+
 MIN_GIL_PHASE_SAMPLES = 20  # below this many wall samples a phase's GIL share means little
 
 
@@ -92,8 +100,15 @@ def stack_phase(frames: Sequence[Frame], source_line: Callable[[str, int], str] 
     if (not frames or any(frame.file.startswith(_IMPORTS) for frame in frames)
             or (frames[0].function != "<module>" and not frames[0].file.endswith("runpy.py"))):
         return "startup"
-    for frame in frames:
+    return _phase_of(frames, source_line)
+
+
+def _phase_of(frames: Sequence[Frame], source_line: Callable[[str, int], str]) -> str:
+    for index, frame in enumerate(frames):
         phase = frame_phase(frame)
+        if phase == "optimizer":
+            closure = _called_back(frames[index + 1:])
+            return _phase_of(closure, source_line) if closure else phase
         if phase is not None:
             return phase
     text = source_line(frames[-1].file, frames[-1].line)
@@ -101,6 +116,15 @@ def stack_phase(frames: Sequence[Frame], source_line: Callable[[str, int], str] 
         if pattern.search(text):
             return phase
     return "other"
+
+
+def _called_back(frames: Sequence[Frame]) -> Sequence[Frame]:
+    """The frames from the first one outside torch on (code the optimizer called back: a closure),
+    or () when the optimizer's step runs torch's code only."""
+    for index, frame in enumerate(frames):
+        if _TORCH not in frame.file:
+            return frames[index:]
+    return ()
 
 
 def data_detail(frames: Sequence[Frame]) -> str:

@@ -25,7 +25,8 @@ FLAME_MIN_SHARE = 0.001  # frames narrower than 0.1% of all samples are left out
 FLAME_CHAR_PX = 6.6  # average glyph width of the 11px font, to cut labels that do not fit
 PHASE_COLOURS = {
     "data_loading": "#d62728", "host_to_device": "#ff7f0e", "forward": "#1f77b4", "backward": "#3b8fd1",
-    "optimizer": "#17becf", "sync": "#9467bd", "checkpoint": "#8c564b", "logging": "#bcbd22", "other": "#9a9a9a",
+    "optimizer": "#17becf", "sync": "#9467bd", "checkpoint": "#8c564b", "logging": "#bcbd22", "copy": "#c49c94",
+    "other": "#9a9a9a",
 }
 
 
@@ -80,8 +81,8 @@ def flame_graph_svg(stacks: Sequence[Stack], title: str, width: int = FLAME_WIDT
     depth = max(d for d, *_ in boxes) + 1
     top = 28
     height = top + depth * FLAME_ROW + 4
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="Verdana,sans-serif" font-size="11">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" font-family="Verdana,sans-serif" font-size="11">'),
              f'<text x="{width / 2:.0f}" y="17" text-anchor="middle" font-size="14">{escape(title)}</text>']
     for level, x, w, node in boxes:
         y = top + level * FLAME_ROW

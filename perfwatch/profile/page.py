@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from perfwatch.figures import new_figure, percent_axis, save_figure
 from perfwatch.pages import Block, Document, Figure, Heading, Item, Items, Table, Text, write_pages
 from perfwatch.profile.flamegraph import PHASE_COLOURS, flame_graph_svg, short_path
 from perfwatch.profile.stacks import parse_collapsed
 from perfwatch.store import write_atomic
-
-if TYPE_CHECKING:
-    pass
-
 
 CATEGORY_COLOURS = {"data_loading": "#d62728", "host_to_device": "#ff7f0e", "compute": "#0b3d91", "other": "#9a9a9a"}
 
@@ -41,7 +38,7 @@ def read_collector_rows(path: Path) -> list[dict[str, Any]]:
 def _rate(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(times, per-second rate) of a cumulative counter; a drop (a process left the tree) is a gap."""
     times, rates = [], []
-    for before, after in zip(rows, rows[1:]):
+    for before, after in pairwise(rows):
         dt = after["t"] - before["t"]
         if dt <= 0 or before.get(key) is None or after.get(key) is None:
             continue
@@ -122,7 +119,8 @@ def _workers_figure(report: dict[str, Any], rows: list[dict[str, Any]], out: Pat
     fig = new_figure(10, 3.4)
     ax = fig.add_subplot()
     ax.plot(*_rate(rows, "main_cpu"), label="training process (main)", color="#1f77b4")
-    ax.plot(*_rate(rows, "worker_cpu"), label="DataLoader workers (all)", color="#d62728")
+    ax.plot(*_rate(rows, "worker_cpu"), label="DataLoader workers", color="#d62728")
+    ax.plot(*_rate(rows, "other_cpu"), label="the command's other processes", color="#9a9a9a")
     cores = report["measurements"]["resources"].get("cores")
     if cores:
         ax.axhline(cores, color="#555", linestyle=":", label=f"{cores} cores")
@@ -187,11 +185,12 @@ def profile_document(report: dict[str, Any], figures: Sequence[Figure]) -> Docum
     unit = "steps" if b["source"] == "steptimer" else "samples"
     warning = report["pyspy"].get("warning")  # first: it says how far to trust the verdict below
     blocks: list[Block] = [Text(warning, lead="Warning:", highlight=True)] if warning else []
+    evidence = (f"{b['basis']}" if b["primary"] == "unknown"
+                else f"(confidence {b['confidence']:.2f}, from {b['source']}, {b['samples']} {unit})")
     blocks.append(Text(
-        f"(confidence {b['confidence']:.2f}, from {b['source']}, {b['samples']} {unit}); profiled "
-        f"{run['seconds']:.1f} s, ended by {run['ended_by']}, exit code {run.get('exit_code')}.",
+        f"{evidence}; profiled {run['seconds']:.1f} s, ended by {run['ended_by']}, exit code {run.get('exit_code')}.",
         lead=f"Primary bottleneck: {b['primary']}", highlight=True))
-    if not b["shares"]:
+    if not b["shares"] and b["primary"] != "unknown":
         blocks.append(Text(f"No phase shares: {b['basis']}."))
     findings = [Item(f["title"], tag=f.get("id", ""), note=f["severity"],
                      details=(("evidence", _evidence_text(f["evidence"])),)) for f in report["findings"]]
@@ -201,6 +200,7 @@ def profile_document(report: dict[str, Any], figures: Sequence[Figure]) -> Docum
         for rec in report["recommendations"]]
     blocks += [Heading("Findings"), Items(findings) if findings else Text("none"),
                Heading("Recommendations"), Items(recommendations, ordered=True) if recommendations else Text("none")]
+    blocks += _try_blocks(report.get("try"))
     blocks.append(Heading("Step-time breakdown"))
     if b["shares"]:
         largest_first = sorted(b["shares"].items(), key=lambda kv: -kv[1])
@@ -214,14 +214,30 @@ def profile_document(report: dict[str, Any], figures: Sequence[Figure]) -> Docum
     blocks += _pyspy_blocks(report, by_name.get("flamegraph.svg"))
     blocks += _torch_profiler_blocks(report.get("torch_profiler"))
     r = report["measurements"]["resources"]
+    identified = report["measurements"].get("dataloader_workers") or {}
     blocks += [Heading("Resources (Collector)"), Items([
         Item(f"cores {r['cores']}, host CPU busy {_pct(r['host_busy_ratio'])}, iowait {_pct(r['host_iowait_ratio'])}"),
-        Item(f"training process {_num(r['main_cpu_cores'])} cores; {r['workers_max']} workers using "
-             f"{_num(r['worker_cpu_cores'])} cores"),
+        Item(f"training process {_num(r['main_cpu_cores'])} cores; {r['workers_max']} DataLoader workers using "
+             f"{_num(r['worker_cpu_cores'])} cores (identified by {identified.get('identified_by', 'n/a')}); "
+             f"the command's other processes {_num(r.get('other_cpu_cores'))} cores"),
         Item(f"memory available at least {_pct(r['memory_available_ratio_min'])}; GPU utilization "
              f"{_pct(r['gpu_utilization_mean'])}")]),
         Text(", ".join(report["artifacts"]), lead="Artifacts:")]
     return Document("perfwatch profile: " + " ".join(report["command"]), blocks)
+
+
+def _try_blocks(tried: dict[str, Any] | None) -> list[Block]:
+    """What ``--try`` measured: its verdict, then each window's exact rate."""
+    if tried is None:
+        return []
+    blocks: list[Block] = [Heading("Tried (--try)")]
+    if tried["recommendation"] is None:
+        return blocks + [Text(f"Nothing to try: {tried['reason']}.")]
+    blocks.append(Text(tried["says"] + ".", lead=f"{tried['recommendation']}:", highlight=True))
+    rows = [(str(i), w["side"], "-" if w["steps_per_second"] is None else f"{w['steps_per_second']:.3g}",
+             str(w["steps"]), f"{w['seconds']:.1f}", w["note"]) for i, w in enumerate(tried["windows"], 1)]
+    return blocks + [Table(("window", "settings", "steps/s", "steps", "seconds", "note"), rows,
+                           numeric=frozenset({0, 2, 3, 4}))]
 
 
 def _function_table(functions: list[dict[str, Any]], phases: bool) -> Table:

@@ -2,8 +2,9 @@
 
 Nothing in the command changes. While it runs:
 
-* the Collector samples the host and the command's process tree (DataLoader workers
-  are role ``worker``) every 0.2 s;
+* the Collector samples the host and the command's process tree, process by process,
+  every 0.2 s (which of them are the training process's DataLoader workers is decided
+  afterwards, from the best evidence: ``profile.workers``);
 * ``py-spy record --idle --subprocesses`` samples every thread of every Python process
   in the tree at ``rate`` Hz, *including threads that are blocked*. That makes each
   thread's samples a uniform clock: a phase's share of the training thread's samples
@@ -19,8 +20,12 @@ Nothing in the command changes. While it runs:
 
 Both passes run ``--nonblocking``: py-spy reads the stacks without stopping the process.
 Stopping it (py-spy's default) cost the zoo's transform-bound loop 13% at 100 Hz, not
-stopping it 3%; the price is an occasional torn stack, which moves a sample or two
-between phases and does not bias the shares.
+stopping it 3%. The price is torn stacks, and they are not neutral: on Python-heavy loading
+the stacks' data-loading share came out at 0.31-0.43 s of 0.52-0.60 s of measured wait, with
+35-50 sampling errors a run (issue #15; blocking mode got 0.55-0.59 s). So the data wait, the
+optimizer step and the step count come from the injected exact timing wherever it ran, the
+stacks only split the rest of the step, and their disagreement with the exact timing on the
+phases both measured lowers the confidence (``diagnose.confidence``).
 
 The training thread is the main interpreter thread (thread id = process id) of the
 process whose stacks show the training step (forward/backward/optimizer frames): the
@@ -33,6 +38,9 @@ by ``LINE_RULES`` on its source line. Interpreter start-up and imports are left 
 Where the script already times its loop with a StepTimer, its exact phase totals win:
 ``perfwatch profile`` sets ``PERFWATCH_PROFILE_DIR`` and ``publish_timer`` (called by
 the StepTimer when that variable is set) writes ``summary()`` there.
+
+The report keeps the command line with every URL in it redacted (``perfwatch.urls.redact``):
+a ``--push http://user:password@host`` or a ``?token=`` is the user's secret, not the report's.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -54,7 +63,7 @@ from perfwatch.channel import PROFILE_DIR_ENV, read_timer_summaries
 from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
 from perfwatch.launch import CommandTree, ForwardedSignals, adopting_orphans, describe, exit_code, launch
-from perfwatch.monitoring.collector import Collector
+from perfwatch.monitoring.collector import Collector, ProcessStats
 from perfwatch.pages import prepare_out_dir
 from perfwatch.profile import diagnose as dx
 from perfwatch.profile.attribution import attribute
@@ -68,8 +77,12 @@ from perfwatch.profile.pyspy import (
     may_trace,
     missing_warning,
 )
-from perfwatch.profile.rows import busy_threads, collector_row, intra_op_threads, thread_cpu
+from perfwatch.profile.rows import busy_threads, collector_row, intra_op_threads, thread_cpu, with_roles
 from perfwatch.profile.torch_hook import TORCH_PROFILER_DEFAULT_S, install_hook
+from perfwatch.profile.trial import TRY_SECONDS, try_top
+from perfwatch.profile.workers import dataloader_workers
+from perfwatch.store import write_atomic
+from perfwatch.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +95,6 @@ TORCH_PROFILE_WAIT_S = 60.0  # after --duration, how long the report waits for t
 LEFT_RUNNING_SETTLE_S = 1.0  # after the command exits, how long its children get to exit before a warning
 
 
-# ---------------------------------------------------------------- StepTimer channel
-
-
-# ---------------------------------------------------------------- py-spy's collapsed stacks
-
-
-# ---------------------------------------------------------------- attribution
-
-
-# ---------------------------------------------------------------- the Collector's rows
-
-
 # ---------------------------------------------------------------- running the command
 
 
@@ -101,7 +102,9 @@ LEFT_RUNNING_SETTLE_S = 1.0  # after the command exits, how long its children ge
 class ProfileOptions:
     """How ``run_profile`` samples. ``out`` None: reports/profile-<local time>. ``duration``
     None: until the command exits, else finite seconds > 0; after ``duration`` the command keeps
-    running (``keep_running``) or is stopped with every process it started."""
+    running (``keep_running``) or is stopped with every process it started. ``try_pairs`` > 0: after the
+    report, try its top DataLoader recommendation in that many pairs of ``try_seconds`` windows
+    (``profile.trial``)."""
 
     out: Path | None = None
     duration: float | None = None
@@ -111,11 +114,18 @@ class ProfileOptions:
     torch_profiler: bool = False
     interval: float = COLLECTOR_INTERVAL_S
     stop_grace: float = STOP_GRACE_S
+    try_pairs: int = 0
+    try_seconds: float = TRY_SECONDS
 
     def __post_init__(self) -> None:
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
             raise UserError(f"sampling duration {self.duration:g}: give a finite number of seconds greater than 0",
                             setting="duration")
+        if not (math.isfinite(self.try_seconds) and self.try_seconds > 0):
+            raise UserError(f"--try window {self.try_seconds:g} s: give a finite number of seconds greater than 0",
+                            setting="try_seconds")
+        if self.try_pairs < 0:
+            raise UserError(f"--try pairs {self.try_pairs}: give 1 or more", setting="try_pairs")
 
     @property
     def gil_rate(self) -> int:
@@ -164,6 +174,7 @@ class Sampler:
     def __init__(self, pid: int, out: Path, options: ProfileOptions, pyspy: str | None) -> None:
         self.pid = pid
         self.rows: list[dict[str, Any]] = []
+        self.processes: dict[int, ProcessStats] = {}  # each process of the tree, as last seen
         self.thread_cpu: dict[int, float] = {}  # CPU seconds of each thread of ``pid``
         self.seconds = 0.0
         self.started = time.monotonic()
@@ -180,6 +191,7 @@ class Sampler:
         for snapshot in self._collector.history():
             if snapshot.seq > self._last_seq and snapshot.tree is not None and snapshot.tree.alive:
                 self.rows.append(collector_row(snapshot))
+                self.processes.update((member.pid, member) for member in snapshot.tree.members)
             self._last_seq = max(self._last_seq, snapshot.seq)
         now = time.monotonic()
         if now >= self._next_threads:
@@ -259,13 +271,16 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
                     tree.stop(options.stop_grace, say)
                     stopped = True
             _tidy(out)
-            report = build_report(command, created, sampler, reason, pyspy_status, options, env, out)
-            report["run"].update(exit_code=None if child.returncode is None else exit_code(child.returncode),
-                                 stopped_by_perfwatch=stopped)
+            code_now = None if child.returncode is None else exit_code(child.returncode)
+            report = build_report(command, created, sampler, reason, pyspy_status, options, env, out,
+                                  code_now if not stopped else None)
+            report["run"].update(exit_code=code_now, stopped_by_perfwatch=stopped)
             report["pyspy"].update(executable=pyspy, warning=warning)
             write_report(report, out)
-            say(f"report: {out / 'report.html'}  (primary bottleneck: {report['bottleneck']['primary']}, "
-                f"confidence {report['bottleneck']['confidence']:.2f})")
+            b = report["bottleneck"]
+            verdict = (f"unknown: {b['basis']}" if b["primary"] == "unknown"
+                       else f"{b['primary']}, confidence {b['confidence']:.2f}")
+            say(f"report: {out / 'report.html'}  (primary bottleneck: {verdict})")
         finally:
             code = exit_code(child.wait())
         left = tree.settle(LEFT_RUNNING_SETTLE_S)
@@ -274,6 +289,10 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
             say(f"the command exited but left {len(left)} process{'es' if len(left) > 1 else ''} running: "
                 f"{describe(left)}; perfwatch leaves {them} be (kill {' '.join(str(p.pid) for p in left)} "
                 f"to stop {them})")
+    if options.try_pairs and signals.received is None:  # after the command and what it left: nothing shares the CPU
+        try_top(command, report, out, options.try_pairs, options.try_seconds, options.stop_grace, say)
+        report["artifacts"] = _artifacts(out)
+        write_report(report, out)
     return ProfileResult(report, out, code)
 
 
@@ -314,8 +333,10 @@ def pyspy_warning(status: str, pid: int) -> str | None:
 
 
 def build_report(command: Sequence[str], created: str, sampler: Sampler, reason: str, pyspy_status: str,
-                 options: ProfileOptions, env: dict[str, str], out: Path) -> dict[str, Any]:
-    """Gather what was measured into ``Measurements``, diagnose, and assemble the report document."""
+                 options: ProfileOptions, env: dict[str, str], out: Path,
+                 command_exit: int | None = None) -> dict[str, Any]:
+    """Gather what was measured into ``Measurements``, diagnose, and assemble the report document.
+    ``command_exit``: the command's exit code when it ended by itself before the report."""
     launched_pid = sampler.pid
     try:
         cores = len(os.sched_getaffinity(launched_pid))
@@ -327,16 +348,26 @@ def build_report(command: Sequence[str], created: str, sampler: Sampler, reason:
                                 launched_pid, options.rate, options.gil_rate)
         if attribution is None:
             pyspy_status = "no samples of a Python main thread"
-    training_pid = attribution.training_pid if attribution else launched_pid
-    timer = read_timer_summaries(out / "steptimer", training_pid) if (out / "steptimer").is_dir() else None
+    timer = None
+    if (out / "steptimer").is_dir():
+        timer = read_timer_summaries(out / "steptimer", attribution.training_pid if attribution else None)
+    training_pid = _training_pid(attribution, timer, launched_pid)
+    workers, workers_source = dataloader_workers(
+        training_pid, sampler.processes, timer.get("dataloader_worker_pids") if timer else None,
+        attribution.worker_pids if attribution else None)
     busy = busy_threads(sampler.thread_cpu, sampler.seconds) if training_pid == launched_pid else None
     threads, threads_source = intra_op_threads(env, busy)
-    rows = sampler.rows
+    rows = with_roles(sampler.rows, training_pid, workers)
     resources = dx.summarize(rows, cores)
+    machine = fingerprint()
+    model = (timer or {}).get("model")
     measurements = dx.Measurements(
         resources=resources, stacks=attribution.evidence if attribution else None, steptimer=timer,
         intra_op_threads=threads, intra_op_threads_source=threads_source,
         uses_gpu=any(row.get("gpu_process_memory") for row in rows),
+        model=dx.ModelFacts(**{k: model.get(k) for k in ("dtype", "device", "cuda_capability", "optimizer")})
+        if model else None,
+        cpu_bf16=tuple(machine.get("cpu_bf16") or ()), exit_code=command_exit, workers_source=workers_source,
     )
     diagnosis = dx.diagnose(measurements)
     with open(out / "collector.jsonl", "w") as f:
@@ -346,12 +377,14 @@ def build_report(command: Sequence[str], created: str, sampler: Sampler, reason:
         "format_version": REPORT_FORMAT_VERSION,
         "kind": "perfwatch-profile",
         "created": created,
-        "command": list(command),
+        "command": redacted_command(command),
         "run": {"seconds": round(sampler.seconds, 3), "ended_by": reason, "launched_pid": launched_pid,
                 "training_pid": training_pid},
         **diagnosis,
         "measurements": {"resources": asdict(resources), "intra_op_threads": threads,
                          "intra_op_threads_source": threads_source,
+                         "dataloader_workers": {"pids": list(workers), "identified_by": workers_source},
+                         "model": asdict(measurements.model) if measurements.model else None,
                          "stacks": asdict(attribution.evidence) if attribution else None},
         "pyspy": {
             "status": pyspy_status, "rate": options.rate, "gil_rate": options.gil_rate,
@@ -365,17 +398,48 @@ def build_report(command: Sequence[str], created: str, sampler: Sampler, reason:
         },
         "steptimer": timer,
         "torch_profiler": torch_profile,
-        "env": fingerprint(),
-        "artifacts": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
+        "env": machine,
+        "artifacts": _artifacts(out),
     }
 
 
+def _artifacts(out: Path) -> list[str]:
+    """What the report directory holds for the reader: its files, and its folders (the --try windows) as "name/"."""
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not p.name.startswith("."))
+
+
+def _training_pid(attribution: Any, timer: dict[str, Any] | None, launched: int) -> int:
+    """The process that trains: the one whose stacks show the training step, else the one process
+    that timed steps (a child of ``bash -c ...`` without py-spy), else the launched one."""
+    if attribution is not None and attribution.training_pid is not None:
+        return attribution.training_pid
+    timed = timer.get("pids") if timer else None
+    return timed[0] if timed and len(timed) == 1 else launched
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def redacted_command(command: Sequence[str]) -> list[str]:
+    """``command`` as the report may keep it: each URL in an argument through ``urls.redact``."""
+    return [_redacted(arg) for arg in command]
+
+
+def _redacted(text: str) -> str:
+    return _URL.sub(lambda match: redact(match[0]), text)
+
+
 def _tidy(out: Path) -> None:
-    """Remove what the reader does not need: the hook, empty py-spy logs, an empty steptimer/."""
+    """Remove what the reader does not need: the hook, empty py-spy logs, an empty steptimer/; redact
+    the URLs in the command lines py-spy's raw stacks name their processes by."""
     shutil.rmtree(out / ".hooks", ignore_errors=True)
     for log_file in out.glob("pyspy-*.log"):
         if log_file.stat().st_size == 0:
             log_file.unlink()
+    for stacks in out.glob("pyspy-*.txt"):
+        text = stacks.read_text(errors="replace")
+        if _URL.search(text):
+            write_atomic(stacks, _redacted(text))
     timers = out / "steptimer"
     if timers.is_dir() and not any(timers.iterdir()):
         timers.rmdir()
@@ -386,8 +450,5 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-# ---------------------------------------------------------------- report.json, report.md, report.html
 
 
