@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -90,10 +91,22 @@ def commit_time(cwd: Path | None, ref: str) -> str | None:
     return datetime.fromtimestamp(int(seconds), timezone.utc).isoformat()
 
 
+def ci_branch(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The branch a CI job says it checked out, where git cannot (a detached HEAD): GitHub Actions'
+    pull-request source branch, else its pushed branch; GitLab's merge-request source, else its branch."""
+    github_branch = environ.get("GITHUB_REF_NAME") if environ.get("GITHUB_REF_TYPE") == "branch" else None
+    for value in (environ.get("GITHUB_HEAD_REF"), github_branch,
+                  environ.get("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME"), environ.get("CI_COMMIT_BRANCH")):
+        if value:
+            return value
+    return None
+
+
 def git_state(cwd: Path | None = None) -> dict[str, Any]:
     """Commit, its time, branch and dirty flag of the repository around ``cwd``; nulls outside one.
 
-    The branch is null on a detached HEAD (a CI checkout of a pull request, a bisection step).
+    On a detached HEAD (a CI checkout of a pull request) the branch is the one the CI names
+    (ci_branch), else null (a bisection step, a checkout of a tag).
     """
     commit = git_output(cwd, "rev-parse", "HEAD")
     if commit is None:
@@ -102,7 +115,7 @@ def git_state(cwd: Path | None = None) -> dict[str, Any]:
     return {
         "git_commit": commit,
         "git_commit_time": commit_time(cwd, commit),
-        "git_branch": git_output(cwd, "symbolic-ref", "--quiet", "--short", "HEAD") or None,
+        "git_branch": git_output(cwd, "symbolic-ref", "--quiet", "--short", "HEAD") or ci_branch(),
         "git_dirty": bool(status),
     }
 

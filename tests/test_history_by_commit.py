@@ -120,12 +120,36 @@ def test_a_run_records_its_commit_time_and_branch(project):
     assert (outside["git_commit"], outside["git_commit_time"], outside["git_branch"]) == (None, None, None)
 
 
-def test_a_detached_head_has_no_branch(tmp_path):
+CI_BRANCH_VARIABLES = ("GITHUB_HEAD_REF", "GITHUB_REF_NAME", "GITHUB_REF_TYPE", "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME",
+                       "CI_COMMIT_BRANCH")
+
+
+def test_a_detached_head_has_no_branch(tmp_path, monkeypatch):
+    for name in CI_BRANCH_VARIABLES:  # as outside CI
+        monkeypatch.delenv(name, raising=False)
     git(tmp_path, "init", "-q", "-b", "main")
     sha = commit(tmp_path, "one", "2025-01-01T12:00:00+02:00")
     git(tmp_path, "checkout", "-q", "--detach")
     assert git_state(tmp_path) == {"git_commit": sha, "git_commit_time": "2025-01-01T10:00:00+00:00",
                                    "git_branch": None, "git_dirty": False}
+
+
+@pytest.mark.parametrize(("ci", "branch"), [
+    ({"GITHUB_HEAD_REF": "feature/fast", "GITHUB_REF_NAME": "17/merge", "GITHUB_REF_TYPE": "branch"}, "feature/fast"),
+    ({"GITHUB_HEAD_REF": "", "GITHUB_REF_NAME": "main", "GITHUB_REF_TYPE": "branch"}, "main"),
+    ({"GITHUB_REF_NAME": "v1.0", "GITHUB_REF_TYPE": "tag"}, None),
+    ({"CI_MERGE_REQUEST_SOURCE_BRANCH_NAME": "mr-branch", "CI_COMMIT_BRANCH": ""}, "mr-branch"),
+])
+def test_a_ci_checkout_on_a_detached_head_records_the_branch_the_ci_names(tmp_path, ci, branch):
+    """actions/checkout of a pull request leaves HEAD detached; the run still belongs to its branch."""
+    git(tmp_path, "init", "-q", "-b", "main")
+    write_suite(tmp_path / "suites", "tiny.py", SUITE)
+    commit(tmp_path, "one", "2025-01-01T12:00:00+02:00")
+    git(tmp_path, "checkout", "-q", "--detach")
+    env = {**dict.fromkeys(CI_BRANCH_VARIABLES, ""), **ci}
+    proc = run_perfwatch("run", "--suite", "quick", "--json", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["env"]["git_branch"] == branch
 
 
 # ---------------------------------------------------------------- order, pooling, machines
