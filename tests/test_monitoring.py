@@ -189,6 +189,6 @@ def test_unreachable_pushgateway_only_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="perfwatch"):
         with monitor(port=0, interval=0.05, push=f"127.0.0.1:{free_port()}", push_interval=0.05) as mon:
             training.epoch(mon)
-            wait_for_scrape(mon.url, lambda t: value(t, "perfwatch_collector_samples_total") >= 3)
+            wait_for_scrape(mon.url, lambda t: (value(t, "perfwatch_collector_samples_total") or 0) >= 3)
     assert mon.timer.steps == 16
     assert sum("cannot push metrics" in r.getMessage() for r in caplog.records) == 1
