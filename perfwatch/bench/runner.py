@@ -31,6 +31,7 @@ from typing import IO
 import psutil
 
 from perfwatch import assets
+from perfwatch.bench.setupcache import RUN_DIR_ENV
 from perfwatch.bench.suite import SIZE_ENV, Benchmark
 from perfwatch.bench.worker import PARENT_ENV, TIMEOUT_ENV, Budget
 from perfwatch.config import SIZES, AlertSinks
@@ -49,7 +50,8 @@ BUDGETS: dict[str, tuple[Budget, float]] = {
     "full": (Budget(warmup_time=1.0, sample_time=0.1, min_repeat=20, max_repeat=200, max_time=30.0), 600.0),
 }
 DISCOVERY_TIMEOUT = 120.0
-RUN_DIR_ENV = "PERFWATCH_RUN_DIR"  # on every process of a run: how a later run finds what a killed one left
+# RUN_DIR_ENV (setupcache.py, where workers keep a run's setup_cache) is on every process of a run: how a
+# later run finds what a killed one left.
 SCRATCH_PREFIX = "perfwatch-"
 OWNER, JOURNAL = "owner.json", "journal.json"  # in a run's temp dir
 NOT_RUN = "not run: perfwatch stopped before this benchmark finished"

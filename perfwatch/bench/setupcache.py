@@ -33,7 +33,7 @@ from perfwatch.bench.package import SuiteLoadError, module_file, one_line_error,
 from perfwatch.bench.suite import Benchmark, load_target
 from perfwatch.proctree import kill_tree
 
-RUN_DIR_ENV = "PERFWATCH_RUN_DIR"  # the runner sets it on every worker of a run (runner.RUN_DIR_ENV)
+RUN_DIR_ENV = "PERFWATCH_RUN_DIR"  # the runner sets it on every worker of a run and finds its leftovers by it
 CACHE_FILE, FAILED_FILE, SPEC_FILE, LOCK_FILE = "cache.pickle", "failed.json", "spec.json", ".lock"
 
 
