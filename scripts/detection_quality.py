@@ -19,7 +19,13 @@ Each trial measures one benchmark at one level in one mode:
   alternating between rounds; its verdict is tested over the rounds;
 * unpaired: all baseline samples, then all candidate samples, one fresh process per side
   (``runner.run_one``), like a run compared with a stored baseline (``compare``,
-  ``ci --baseline``).
+  ``ci --baseline``);
+* history: one fresh process at the level, judged as ``perfwatch ci --history`` judges it
+  (``recent_runs.judge_benchmark``) against the kind's last ``--history-runs`` A/A runs of this
+  mode, made earlier in the same study between the other trials (so their spread is the
+  machine's between-run drift over the study); A/A runs join that history after being judged,
+  slowed ones do not (as if reverted). ``--history-runs`` A/A runs per kind come first, as warm-up,
+  unjudged. asv's and pytest-benchmark's rules judge the run against the newest history run.
 
 Every verdict is computed from the same raw samples: perfwatch's (``compare.compare_samples``
 with the rounds, at each ``--thresholds`` value), asv's default rule (``asv continuous``/``asv
@@ -59,6 +65,8 @@ from perfwatch import stats
 from perfwatch.bench import runner
 from perfwatch.bench.paired import run_against
 from perfwatch.regress.compare import compare_samples
+from perfwatch.regress.recent_runs import DEFAULT_RUNS, judge_benchmark
+from perfwatch.results import BenchResult
 from perfwatch.thresholds import parse_threshold
 
 ASV_P_THRESHOLD = 0.002  # asv's is_different default
@@ -68,6 +76,7 @@ UNITS = 100  # units of work per call at 0%: the knob moves in steps of 1%
 TARGETS = ("A/A: at most 1 significant verdict in 40 for the pure-Python loop, none in 20 for the other kinds; "
            "CPU kinds: 10% caught >= 95%, 5% caught >= 80%")
 CPU_KINDS = ("python_loop", "allocation", "numpy_kernel")
+MODES = ("paired", "unpaired", "history")
 
 PREAMBLE = f'''\
 from pathlib import Path
@@ -170,6 +179,26 @@ def measure_unpaired(repo: Path, kind: str, level: float, size: str) -> dict[str
     return {"baseline": sides[0], "candidate": sides[1], "baseline_rounds": [], "candidate_rounds": []}
 
 
+class RecentRuns:
+    """History mode's memory: per kind, the A/A runs made so far (newest last), as the store would hold them."""
+
+    def __init__(self, runs: int):
+        self.runs = runs
+        self.by_kind: dict[str, list[list[float]]] = {}
+
+    def measure(self, repo: Path, kind: str, level: float, size: str) -> dict[str, Any]:
+        (bench,) = runner.select(runner.discover([repo / "suites"], size), size, KINDS[kind][0])
+        set_slowdown(repo, level)
+        candidate = samples_of(runner.run_one(bench, size)[0])
+        earlier = self.by_kind.setdefault(kind, [])
+        recent = earlier[-self.runs:]
+        if level == 0:
+            earlier.append(candidate)
+        return {"candidate": candidate, "baseline": recent[-1] if recent else [],
+                "history_medians": [stats.median(run) for run in recent],
+                "baseline_rounds": [], "candidate_rounds": []}
+
+
 def method_names(thresholds: list[float]) -> list[str]:
     return [*(f"perfwatch {t:.0%}" for t in thresholds), "asv (x1.1, MWU p<0.002)", "pytest-benchmark median:5%"]
 
@@ -179,8 +208,13 @@ def verdicts(trial: dict[str, Any], thresholds: list[float]) -> dict[str, dict[s
     a, b = trial["baseline"], trial["candidate"]
     out: dict[str, dict[str, Any]] = {}
     for t, name in zip(thresholds, method_names(thresholds)):
-        v = compare_samples(trial["kind"], a, b, threshold=t, paired=trial["mode"] == "paired",
-                            baseline_rounds=trial["baseline_rounds"], candidate_rounds=trial["candidate_rounds"])
+        if trial["mode"] == "history":
+            history = [BenchResult(trial["kind"], {}, "time", "seconds", False, "ok", None, [m])
+                       for m in trial["history_medians"]]
+            v = judge_benchmark(history, BenchResult(trial["kind"], {}, "time", "seconds", False, "ok", None, b), t)
+        else:
+            v = compare_samples(trial["kind"], a, b, threshold=t, paired=trial["mode"] == "paired",
+                                baseline_rounds=trial["baseline_rounds"], candidate_rounds=trial["candidate_rounds"])
         out[name] = {"detected": v.verdict == "regressed", "verdict": v.verdict, "change": v.change,
                      "ci_low": v.ci_low, "ci_high": v.ci_high, "p": v.p_value, "rounds": v.rounds,
                      "spread_between": v.spread_between, "spread_within": v.spread_within}
@@ -247,7 +281,7 @@ def table(trials: list[dict[str, Any]], kinds: list[str], levels: list[float], m
     head = ["kind", "mode", "method", *(("0% (false alarms)" if lv == 0 else f"{lv:.0%}") for lv in levels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind in kinds:
-        for mode in ("paired", "unpaired"):
+        for mode in MODES:
             for method in methods:
                 row = [kind, mode, method]
                 for level in levels:
@@ -264,7 +298,7 @@ def breakdown(trials: list[dict[str, Any]], kinds: list[str], levels: list[float
             "spread between / within rounds (A/A, median)", "wall s per comparison (median, range)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for kind in kinds:
-        for mode in ("paired", "unpaired"):
+        for mode in MODES:
             mine = [t for t in trials if (t["kind"], t["mode"]) == (kind, mode)]
             if not mine:
                 continue
@@ -279,7 +313,8 @@ def breakdown(trials: list[dict[str, Any]], kinds: list[str], levels: list[float
             aa = [t["verdicts"][method] for t in mine if t["level"] == 0]
             between = [v["spread_between"] for v in aa if not math.isnan(v["spread_between"])]
             within = [v["spread_within"] for v in aa if not math.isnan(v["spread_within"])]
-            row.append(f"{stats.median(between):.2%} / {stats.median(within):.2%}" if between and within else "–")
+            row.append(f"{stats.median(between):.2%} / {stats.median(within):.2%}" if between and within
+                       else f"{stats.median(between):.2%} between runs" if between else "–")
             walls = [t["wall_s"] for t in mine]
             row.append(f"{stats.median(walls):.0f} ({min(walls):.0f}–{max(walls):.0f})")
             lines.append("| " + " | ".join(row) + " |")
@@ -288,7 +323,7 @@ def breakdown(trials: list[dict[str, Any]], kinds: list[str], levels: list[float
 
 def summarize(doc: dict[str, Any], thresholds: list[float]) -> str:
     """The Markdown report: detection table, verdict breakdown, method and machine."""
-    trials = [t for t in doc["trials"] if t["status"] == "ok"]
+    trials = [t for t in doc["trials"] if t["status"] == "ok" and t["mode"] != "history-warmup"]
     levels = sorted({t["level"] for t in doc["trials"]})
     kinds = [k for k in KINDS if any(t["kind"] == k for t in trials)]
     methods = method_names(thresholds)
@@ -329,6 +364,8 @@ def trial_count(args: argparse.Namespace, kind: str, level: float, mode: str) ->
     """How many trials a (kind, level, mode) gets: A/A doubled for the pure-Python loop (its target is 1 in 40)."""
     if mode == "unpaired":
         count = args.unpaired_trials
+    elif mode == "history":
+        count = args.aa_trials if level == 0 else args.history_trials
     elif level == 0:
         count = args.aa_trials
     else:
@@ -343,7 +380,9 @@ def plan(args: argparse.Namespace, rng: random.Random) -> list[tuple[str, float,
     keyed = [((i + rng.random()) / count, (kind, level, mode))
              for kind in args.kinds for level in args.levels for mode in args.modes
              for count in [trial_count(args, kind, level, mode)] for i in range(count)]
-    return [job for _, job in sorted(keyed)]
+    warmup = [(kind, 0.0, "history-warmup") for _ in range(args.history_runs) for kind in args.kinds
+              if "history" in args.modes]  # the history a history-mode trial needs, made first
+    return warmup + [job for _, job in sorted(keyed)]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -353,11 +392,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "setup": {"size": args.size, "units": UNITS, "levels": args.levels, "kinds": args.kinds, "modes": args.modes,
                   "trials": args.trials, "aa_trials": args.aa_trials,
                   "edge_trials": args.edge_trials, "unpaired_trials": args.unpaired_trials, "seed": args.seed,
+                  "history_runs": args.history_runs, "history_trials": args.history_trials,
                   "nproc": os.cpu_count(),
                   "cpu": cpu_model()},
         "trials": [],
     }
     jobs = plan(args, random.Random(args.seed))
+    recent = RecentRuns(args.history_runs)
+    measures = {"paired": measure_paired, "unpaired": measure_unpaired, "history": recent.measure,
+                "history-warmup": recent.measure}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="perfwatch-dq-") as tmp:
         repo = make_project(Path(tmp) / "project")
@@ -369,7 +412,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       "load_1min": os.getloadavg()[0], "status": "ok"}
             t0 = time.perf_counter()
             try:
-                record.update((measure_paired if mode == "paired" else measure_unpaired)(repo, kind, level, args.size))
+                record.update(measures[mode](repo, kind, level, args.size))
             except Exception as exc:  # a failed trial is reported, not fatal
                 record.update(status="error", error=f"{type(exc).__name__}: {exc}")
             record["wall_s"] = time.perf_counter() - t0
@@ -377,7 +420,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             doc["wall_s"] = time.perf_counter() - started
             write_json(args.out, doc)
             ratio = (stats.median(record["candidate"]) / stats.median(record["baseline"])
-                     if record["status"] == "ok" else math.nan)
+                     if record["status"] == "ok" and record["baseline"] else math.nan)
             print(f"{index + 1}/{len(jobs)} {kind} {level:.0%} {mode}: {record['status']} ratio {ratio:.3f} "
                   f"in {record['wall_s']:.0f} s, load {record['load_1min']:.2f}"
                   + ("" if record["status"] == "ok" else f" ({record['error']})"), flush=True)
@@ -388,7 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", type=lambda s: s.split(","), default=list(KINDS),
                         help=f"benchmark kinds, comma-separated, of {', '.join(KINDS)}")
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=["paired", "unpaired"])
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["paired", "unpaired"],
+                        help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--history-runs", type=int, default=DEFAULT_RUNS,
+                        help="history mode: recent A/A runs a trial is judged against (and warm-up runs per kind)")
+    parser.add_argument("--history-trials", type=int, default=8,
+                        help="history-mode trials per kind at each slowdown level")
     parser.add_argument("--aa-trials", type=int, default=20,
                         help="A/A trials per kind and mode (doubled for the pure-Python loop)")
     parser.add_argument("--trials", type=int, default=10, help="paired trials per kind at 5%% and at 10%%")
@@ -410,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.kinds) - set(KINDS))
     if unknown:
         parser.error(f"unknown kind {', '.join(unknown)}; use some of {', '.join(KINDS)}")
+    if set(args.modes) - set(MODES):
+        parser.error(f"unknown mode {', '.join(sorted(set(args.modes) - set(MODES)))}; use some of {', '.join(MODES)}")
     thresholds = [parse_threshold(t) for t in args.thresholds.split(",")]
 
     doc = json.loads(args.summarize.read_text()) if args.summarize else run(args)

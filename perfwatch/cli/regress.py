@@ -21,6 +21,7 @@ from perfwatch.regress import ci_report
 from perfwatch.regress.alerts import send_alerts
 from perfwatch.regress.baseline import DEFAULT_BASELINE, describe_run, load_baseline, load_reference, save_baseline
 from perfwatch.regress.compare import Comparison, compare_against, machine_differences, mismatch_error
+from perfwatch.regress.recent_runs import FEWEST_RUNS, judge_against_recent, recent_runs
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.store.base import RunStore
 from perfwatch.thresholds import ThresholdError, Thresholds, parse_thresholds
@@ -60,8 +61,7 @@ def warn(text: str) -> None:
 
 def verdicts_table(comparison: Comparison) -> Table:
     """One row per benchmark: medians, direction-normalised change with its CI, p, verdict and why."""
-    mode = "paired" if comparison.paired else "unpaired"
-    title = f"baseline {comparison.baseline.run_id} → candidate {comparison.candidate.run_id} · {mode}"
+    title = f"baseline {comparison.baseline_text} → candidate {comparison.candidate.run_id} · {comparison.mode}"
     table = Table(title=escape(title),
                   title_justify="left", caption=escape("change: + is worse, [confidence interval]"),
                   caption_justify="left")
@@ -92,12 +92,19 @@ def warn_incomparable(comparison: Comparison) -> None:
     if comparison.differences:
         warn("comparing runs from different machines: " + "; ".join(comparison.differences)
              + "; timings may differ for that reason alone")
-    if not comparison.paired:
+    if comparison.mode == "unpaired":
         for label, run in (("baseline", comparison.baseline), ("candidate", comparison.candidate)):
             busy = busy_at_start(run)
             if busy:
                 warn(f"the {label} run began on a busy machine ({busy}): unpaired, its verdicts may be the "
                      "machine's drift; `perfwatch ci --against REF` measures both sides interleaved")
+    if comparison.mode == "history":
+        busy = busy_at_start(comparison.candidate)
+        if busy:
+            warn(f"the run began on a busy machine ({busy}): the history gate expects the dedicated runner's quiet")
+        if len(comparison.history or ()) < FEWEST_RUNS:
+            warn(f"history mode: {len(comparison.history or ())} earlier run(s) of this machine on this branch and "
+                 f"suite in the store; benchmarks are judged from {FEWEST_RUNS} on, and this run adds one")
     before, after = comparison.baseline.suite, comparison.candidate.suite
     if before and after and before != after:
         warn(f"the baseline is a {before} run and the candidate a {after} run: "
@@ -233,6 +240,14 @@ def print_progress(event: str, bench: Benchmark, result: BenchResult | None) -> 
               help="Paired mode: run git REF (in a worktree) and the working tree interleaved, A B B A ..., "
                    "in rounds of fresh processes, and compare round by round. Cancels the drift of shared "
                    "runners; a process's own offset becomes spread between rounds.")
+@click.option("--history", "against_history", is_flag=True,
+              help="History mode, for a dedicated runner: judge each benchmark's median against this machine's "
+                   "recent runs in the store (same branch and suite, committed code), by the spread between "
+                   "runs, which a test inside one run cannot see. Judges from 5 earlier runs on.")
+@click.option("--history-runs", type=click.IntRange(5, 1000), default=10, show_default=True, metavar="N",
+              help="History mode: how many recent runs to judge against.")
+@click.option("--history-branch", metavar="BRANCH",
+              help="History mode: judge against this branch's runs (default: the checkout's branch).")
 @click.option("--perturb-env/--no-perturb-env", default=True, show_default=True,
               help="Paired mode: give each round's workers an environment of another size (PERFWATCH_ENV_PAD), "
                    "so memory-layout effects vary between rounds instead of favouring one side.")
@@ -249,26 +264,37 @@ def print_progress(event: str, bench: Benchmark, result: BenchResult | None) -> 
 @threshold_option
 @results_dir_option
 @click.pass_context
-def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, perturb_env: bool, baseline_path: Path, size: str,
+def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, against_history: bool, history_runs: int,
+       history_branch: str | None, perturb_env: bool, baseline_path: Path, size: str,
        pattern: str | None, report_dir: Path | None, webhook: str | None, alertmanager: str | None,
        pushgateway: str | None, allow_machine_mismatch: bool, threshold_specs: tuple[str, ...],
        results_dir: Path | None) -> None:
-    """Run the ci suite, compare it with the baseline, write reports and send alerts.
+    """Run the ci suite, compare it, write reports and send alerts.
 
-    Without --against, the run is compared with the baseline file (unpaired). The run
-    is stored; report.md, junit.xml and report.json go to --report-dir, and the
-    Markdown is appended to $GITHUB_STEP_SUMMARY when that is set. A failed alert
+    Three modes: --against REF (paired, for shared and hosted runners), --history (this
+    machine's recent runs in the store, for a dedicated runner), or else the baseline file
+    (unpaired). The run is stored; report.md, junit.xml and report.json go to --report-dir,
+    and the Markdown is appended to $GITHUB_STEP_SUMMARY when that is set. A failed alert
     delivery is a warning and changes nothing else.
 
     Exit codes: 1 a confirmed regression, 3 a benchmark failed (wins over 1: the
     results are incomplete), 2 bad input, 0 otherwise.
     """
-    if ref is not None and ctx.get_parameter_source("baseline_path") is click.core.ParameterSource.COMMANDLINE:
-        raise UserError("--against and --baseline: compare with a git ref or with a baseline file, not both")
+    given = [name for name, value in (("--against", ref is not None), ("--history", against_history),
+                                      ("--baseline", ctx.get_parameter_source("baseline_path")
+                                       is click.core.ParameterSource.COMMANDLINE)) if value]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)}: choose one way to compare (a git ref, the store's history "
+                        "or a baseline file)")
+    for name in ("history_runs", "history_branch"):
+        if not against_history and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            raise UserError(f"--{name.replace('_', '-')} belongs to history mode: add --history")
     config = config_of(ctx)
     thresholds = thresholds_of(ctx, threshold_specs)
     store = store_of(ctx, results_dir)
-    if ref is None:
+    if against_history:
+        history = recent_runs(store, fingerprint(), size, history_runs, history_branch)  # a store error shows now
+    elif ref is None:
         baseline_run = load_baseline(baseline_path)
         differences = machine_differences(baseline_run.env, fingerprint())
         if differences and not allow_machine_mismatch:
@@ -284,8 +310,11 @@ def ci(ctx: click.Context, paths: tuple[Path, ...], ref: str | None, perturb_env
         baseline_run, candidate = run_against(ref, size, pattern=pattern, paths=tuple(paths) or config.paths,
                                               progress=print_progress, perturb_env=perturb_env)
     err.print(f"stored {escape(str(store.save(candidate)))}")
-    comparison = compare_against(baseline_run, candidate, thresholds, paired=ref is not None,
-                                 allow_machine_mismatch=allow_machine_mismatch)
+    if against_history:
+        comparison = judge_against_recent(history, candidate, thresholds)
+    else:
+        comparison = compare_against(baseline_run, candidate, thresholds, paired=ref is not None,
+                                     allow_machine_mismatch=allow_machine_mismatch)
     print_comparison(comparison)
     publish(comparison, report_dir or Path("reports") / f"ci-{candidate.run_id}")
     sinks = replace(config.alerts, webhook=webhook or config.alerts.webhook,

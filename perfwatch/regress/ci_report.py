@@ -76,6 +76,10 @@ def single_process_note(comparison: Comparison) -> str | None:
             f"averages out, so a change of that size may be the processes'; {how}")
 
 
+MODE_TEXT = {"paired": "paired (interleaved on one machine)",
+             "history": "history (against the spread between this machine's recent runs)", "unpaired": "unpaired"}
+
+
 def run_line(run: RunRecord) -> str:
     commit = (run.env.get("git_commit") or "no git")[:10] + ("+dirty" if run.env.get("git_dirty") else "")
     return f"{run.run_id} (commit {commit}, {run.created})"
@@ -83,11 +87,12 @@ def run_line(run: RunRecord) -> str:
 
 def markdown(comparison: Comparison) -> str:
     """A GitHub-flavoured Markdown report: a heading with the counts, the runs, then one row per benchmark."""
-    mode = "paired (interleaved on one machine)" if comparison.paired else "unpaired"
+    mode = MODE_TEXT[comparison.mode]
+    against = run_line(comparison.baseline) if comparison.history is None else comparison.baseline_text
     lines = [
         f"## perfwatch: {summary_line(comparison)}",
         "",
-        f"Baseline {md_escape(run_line(comparison.baseline))} · "
+        f"Baseline {md_escape(against)} · "
         f"candidate {md_escape(run_line(comparison.candidate))} · {mode}. "
         "Change is direction-normalised: + is worse, with its confidence interval.",
         "",
@@ -121,7 +126,7 @@ def junit_xml(comparison: Comparison, suite_name: str = "perfwatch") -> str:
                                               "hostname": xml_text(comparison.candidate.env.get("host", ""))})
     properties = ET.SubElement(suite, "properties")
     for name, value in (("baseline_run", comparison.baseline.run_id), ("candidate_run", comparison.candidate.run_id),
-                        ("paired", str(comparison.paired).lower()),
+                        ("paired", str(comparison.paired).lower()), ("mode", comparison.mode),
                         ("machine_differences", "; ".join(comparison.differences))):
         ET.SubElement(properties, "property", {"name": name, "value": xml_text(value)})
     for v in comparison.verdicts:
@@ -157,6 +162,8 @@ def report_json(comparison: Comparison) -> dict[str, Any]:
         "baseline": _run_facts(comparison.baseline),
         "candidate": _run_facts(comparison.candidate),
         "paired": comparison.paired,
+        "mode": comparison.mode,
+        "history": list(comparison.history) if comparison.history is not None else None,
         "machine_differences": list(comparison.differences),
         "summary": dict(comparison.summary.counts),
         "exit_code": comparison.exit_code,

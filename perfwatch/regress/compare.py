@@ -113,7 +113,7 @@ def judge(change: float, low: float, high: float, p: float, threshold: float, al
     return "too-noisy", f"{change:+.1%} with {evidence}: cannot tell a change over {limit} from none; {advice}"
 
 
-def _worse_by(ratio: float, higher_is_better: bool) -> float:
+def worse_by(ratio: float, higher_is_better: bool) -> float:
     """The direction-normalised change of a candidate/baseline ratio: + is worse."""
     return 1 - ratio if higher_is_better else ratio - 1
 
@@ -122,7 +122,7 @@ def _judge_rounds(verdict: str, reason: str, change: float, low: float, high: fl
                   estimate: stats.RoundsEstimate, sizes: Sequence[int], higher_is_better: bool,
                   threshold: float) -> tuple[str, str]:
     """A verdict over rounds: too-noisy when the rounds disagree, and the reason gives both spreads."""
-    changes = [_worse_by(r, higher_is_better) for r in estimate.round_ratios]
+    changes = [worse_by(r, higher_is_better) for r in estimate.round_ratios]
     if verdict != "too-noisy" and min(changes) < -threshold and max(changes) > threshold:
         verdict = "too-noisy"
         reason = (f"{change:+.1%} with {_evidence(low, high, estimate.p_value, estimate.confidence)}, but the rounds "
@@ -175,8 +175,8 @@ def compare_samples(
             estimate = (stats.paired_ratio if pairs else stats.unpaired_ratio)(baseline, candidate, alpha)
     except ValueError as exc:
         return replace(row, reason=str(exc))
-    change = _worse_by(estimate.ratio, higher_is_better)
-    low, high = sorted((_worse_by(estimate.low, higher_is_better), _worse_by(estimate.high, higher_is_better)))
+    change = worse_by(estimate.ratio, higher_is_better)
+    low, high = sorted((worse_by(estimate.low, higher_is_better), worse_by(estimate.high, higher_is_better)))
     if isinstance(estimate, stats.RoundsEstimate):  # by_rounds, as the type checker can see
         verdict, reason = judge(change, low, high, estimate.p_value, threshold, alpha, estimate.confidence,
                                  advice="give it more rounds or a quieter machine")
@@ -205,6 +205,19 @@ def compare_benchmark(
 ) -> Verdict:
     """One benchmark of two runs (either may be absent): statuses first, then the samples
     (``*_rounds`` as for compare_samples)."""
+    row = status_verdict(baseline, candidate, threshold)
+    if row is not None:
+        return row
+    assert baseline is not None and candidate is not None  # status_verdict judged every other case
+    return compare_samples(candidate.name, baseline.samples, candidate.samples, unit=candidate.unit,
+                           higher_is_better=candidate.higher_is_better, threshold=threshold,
+                           alpha=alpha, paired=paired, baseline_rounds=baseline_rounds,
+                           candidate_rounds=candidate_rounds)
+
+
+def status_verdict(baseline: BenchResult | None, candidate: BenchResult | None, threshold: float) -> Verdict | None:
+    """The row of a benchmark whose statuses leave nothing to test (absent on a side, failed, skipped, a
+    changed unit); None when both sides have samples to compare."""
     shown = candidate or baseline
     if shown is None:
         raise ValueError("compare_benchmark needs a baseline or a candidate result")
@@ -227,10 +240,7 @@ def compare_benchmark(
     if (baseline.unit, baseline.higher_is_better) != (candidate.unit, candidate.higher_is_better):
         return replace(row, reason=f"unit changed from {baseline.unit!r} to {candidate.unit!r} "
                                    f"(higher is better: {baseline.higher_is_better} -> {candidate.higher_is_better})")
-    return compare_samples(candidate.name, baseline.samples, candidate.samples, unit=candidate.unit,
-                           higher_is_better=candidate.higher_is_better, threshold=threshold,
-                           alpha=alpha, paired=paired, baseline_rounds=baseline_rounds,
-                           candidate_rounds=candidate_rounds)
+    return None
 
 
 def round_sizes(run: RunRecord, name: str) -> list[int]:
@@ -306,6 +316,21 @@ class Comparison:
     verdicts: list[Verdict]
     differences: list[str]
     paired: bool = False
+    history: tuple[str, ...] | None = None  # history mode: the runs judged against (baseline: the newest)
+
+    @property
+    def mode(self) -> str:
+        """How the sides were measured: "paired", "history" (against recent runs) or "unpaired"."""
+        return "paired" if self.paired else "history" if self.history is not None else "unpaired"
+
+    @property
+    def baseline_text(self) -> str:
+        """What the candidate was judged against, in words: a run id, or the recent runs of history mode."""
+        if self.history is None:
+            return self.baseline.run_id
+        if not self.history:
+            return "no earlier run of this machine"
+        return f"{len(self.history)} recent runs of this machine ({self.history[0]} .. {self.history[-1]})"
 
     @property
     def summary(self) -> Summary:

@@ -29,6 +29,11 @@ FRAME_COLUMNS = ["run_id", "created", "suite", "git_commit", "machine", "name", 
                  "unit", "higher_is_better", "status", "n", "median", "samples"]
 
 
+def age(run: RunRecord) -> str:
+    """When a run's code was made, for ordering history: its commit time, else its creation time."""
+    return run.env.get("git_commit_time") or run.created
+
+
 @dataclass(frozen=True)
 class RunFilter:
     """Which runs a history reads; None lets every run through.
@@ -37,13 +42,20 @@ class RunFilter:
     on. ``since``: a UTC time in the form ``created`` has; a run passes if its commit is that new, or,
     without a commit time, if it was made since. ``benchmark``: a benchmark name or an fnmatch glob; it
     lets every run through, holding only its benchmarks of that name (so one benchmark's history does
-    not read every result of every run).
+    not read every result of every run). ``suite``: the suite size the run was made with. ``clean``: leave
+    out runs of a working tree with uncommitted changes (their code is in no commit). ``not_commit``:
+    leave out the runs of this commit (a run is not its own history). ``newest``: of the runs that pass,
+    only the N newest by commit time (creation time without one), as a gate against recent history reads.
     """
 
     machine: str | None = None
     branch: str | None = None
     since: str | None = None
     benchmark: str | None = None
+    suite: str | None = None
+    clean: bool = False
+    not_commit: str | None = None
+    newest: int | None = None
 
     def machine_matches(self, machine_id: str | None, host: str | None) -> bool:
         return self.machine is None or (machine_id or "").startswith(self.machine) or host == self.machine
@@ -54,7 +66,19 @@ class RunFilter:
             return False
         if self.branch is not None and env.get("git_branch") != self.branch:
             return False
-        return self.since is None or (env.get("git_commit_time") or run.created) >= self.since
+        if self.suite is not None and run.suite != self.suite:
+            return False
+        if (self.clean and env.get("git_dirty")) or (self.not_commit and env.get("git_commit") == self.not_commit):
+            return False
+        return self.since is None or age(run) >= self.since
+
+    def keep_newest(self, runs: Iterable[RunRecord]) -> Iterable[RunRecord]:
+        """``runs`` (oldest first) cut to the ``newest`` N by commit time, still oldest first."""
+        if self.newest is None:
+            return runs
+        runs = list(runs)
+        kept = {id(run) for run in sorted(runs, key=age)[-self.newest:]} if self.newest > 0 else set()
+        return [run for run in runs if id(run) in kept]
 
     def wants(self, name: str) -> bool:
         """Whether the benchmark ``name`` is one ``benchmark`` asks for (as `perfwatch history BENCH` matches)."""
@@ -70,7 +94,11 @@ class RunFilter:
         """The filters in words, as an error message names them."""
         words = [f"of machine {self.machine!r}" if self.machine is not None else "",
                  f"on branch {self.branch!r}" if self.branch is not None else "",
-                 f"since {self.since}" if self.since is not None else ""]
+                 f"of the {self.suite} suite" if self.suite is not None else "",
+                 "of committed code" if self.clean else "",
+                 f"of commits other than {self.not_commit[:10]}" if self.not_commit else "",
+                 f"since {self.since}" if self.since is not None else "",
+                 f"(the newest {self.newest})" if self.newest is not None else ""]
         return " ".join(w for w in words if w)
 
 
@@ -183,7 +211,8 @@ class RunStore(ABC):
     def select(self, which: RunFilter) -> Iterator[RunRecord]:
         """The readable runs that ``which`` lets through, oldest first, each holding the benchmarks it asks
         for (a database filters in its query)."""
-        return (which.trim(run) for run in self.runs() if which.matches(run))
+        passing = (run for run in self.runs() if which.matches(run))
+        return (which.trim(run) for run in which.keep_newest(passing))
 
     def machines(self) -> dict[str, str | None]:
         """Machine id -> host name of every machine with a stored run (a run without an id: its host)."""

@@ -96,6 +96,7 @@ BENCH_COLUMNS = ("name", "params", "kind", "unit", "higher_is_better", "status",
 
 
 host_column = runs_table.c.fingerprint["host"].as_string()  # older documents have no machine_id
+age_column = sa.func.coalesce(runs_table.c.commit_time, runs_table.c.created)  # base.age, in SQL
 
 
 def condition(which: RunFilter) -> sa.ColumnElement[bool]:
@@ -106,9 +107,20 @@ def condition(which: RunFilter) -> sa.ColumnElement[bool]:
                                  host_column == which.machine))
     if which.branch is not None:
         conditions.append(runs_table.c.branch == which.branch)
+    if which.suite is not None:
+        conditions.append(runs_table.c.suite == which.suite)
+    if which.clean:
+        conditions.append(runs_table.c.dirty == sa.false())
+    if which.not_commit:
+        conditions.append(sa.or_(runs_table.c.commit.is_(None), runs_table.c.commit != which.not_commit))
     if which.since is not None:
-        conditions.append(sa.func.coalesce(runs_table.c.commit_time, runs_table.c.created) >= which.since)
-    return sa.and_(sa.true(), *conditions)
+        conditions.append(age_column >= which.since)
+    passing = sa.and_(sa.true(), *conditions)
+    if which.newest is None:
+        return passing
+    newest = (sa.select(runs_table.c.id).where(passing)
+              .order_by(age_column.desc(), runs_table.c.id.desc()).limit(max(which.newest, 0)))
+    return runs_table.c.id.in_(newest.scalar_subquery())
 
 
 def name_condition(which: RunFilter) -> sa.ColumnElement[bool]:
