@@ -115,6 +115,8 @@ class BenchResult:
     number: int = 1  # inner calls averaged into one time_ sample
     warmup_s: float = 0.0
     duration_s: float = 0.0  # wall time of the benchmark's process
+    version: str | None = None  # asv's: its ``version``, else its code's hash; a new one starts a new history
+    pretty_name: str | None = None  # asv's display name, where the benchmark gives one
 
     @property
     def ok(self) -> bool:
@@ -138,7 +140,8 @@ class BenchResult:
                    unit=f.get("unit", str), higher_is_better=f.get("higher_is_better", bool), status=status,
                    error=f.get("error", (str, type(None)), None), samples=list(samples),
                    number=f.get("number", int, 1), warmup_s=f.get("warmup_s", float, 0.0),
-                   duration_s=f.get("duration_s", float, 0.0))
+                   duration_s=f.get("duration_s", float, 0.0), version=f.get("version", (str, type(None)), None),
+                   pretty_name=f.get("pretty_name", (str, type(None)), None))
 
 
 @dataclass(frozen=True)

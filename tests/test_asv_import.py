@@ -92,10 +92,18 @@ def test_a_real_asv_run_imported_continues_as_one_series_with_perfwatchs_runs(tm
     assert run.returncode == 0, run.stderr
     [series] = history("grid.Grid.track_double(n=2, s='a')", tmp_path)
     assert series["host"] == MACHINE_HOST(tmp_path)  # asv's machine name is the host name: one machine, one series
+    assert series["version"] == asv_version(tmp_path, "grid.Grid.track_double")  # perfwatch versions as asv does
     [point] = series["series"]  # one point per commit: asv's run and perfwatch's pool their samples
     assert (point["commit"], len(point["run_ids"]), point["median"]) == (commit, 2, 4.0)
     [timed] = history("grid.Grid.time_sum(n=1, s='a')", tmp_path)
     assert timed["series"][0]["samples"] == 4  # every sample asv kept (--record-samples): 2 rounds of repeat 2
+
+
+def asv_version(project: Path, name: str) -> str:
+    """The version asv recorded for benchmark ``name`` in its results file (format 2)."""
+    [results] = [p for p in (project / "results").glob("*/*.json") if p.name != "machine.json"]
+    data = json.loads(results.read_text())
+    return data["results"][name][data["result_columns"].index("version")]
 
 
 def MACHINE_HOST(project: Path) -> str:

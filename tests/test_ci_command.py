@@ -37,8 +37,10 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE = """
 import os
 
+ITEMS = "100"  # the code measured; a change of the benchmark's own code would start a new version
+
 def track_items():
-    return float(os.environ.get("ITEMS", "100"))
+    return float(os.environ.get("ITEMS", ITEMS))
 
 def track_steady():
     return 5.0
@@ -245,7 +247,7 @@ def test_against_a_git_ref_runs_both_sides_interleaved(project):
     git("init", "-q", "-b", "main")
     git("add", "suites")
     git("commit", "-qm", "suite")
-    write_suite(project / "suites", "tiny.py", SUITE.replace('"100"', '"130"'))  # the working tree regressed
+    write_suite(project / "suites", "tiny.py", SUITE.replace('ITEMS = "100"', 'ITEMS = "130"'))  # the working tree regressed
     proc = run_perfwatch("ci", "--against", "main", "--filter", "items", cwd=project)
     assert proc.returncode == 1, proc.stderr
     reports = reports_of(project)

@@ -70,7 +70,7 @@ def test_failed_runs_in_the_history_do_not_count_and_a_failed_candidate_fails():
     assert judge_benchmark(history, bench("m.time_x", between_runs(99)), 0.03).rounds == 5
     assert judge_benchmark(history, bench("m.time_x", [], status="failed", error="boom"), 0.03).verdict == "failed"
     assert judge_benchmark([], bench("m.time_x", between_runs(1)), 0.03).reason == \
-        "no earlier run of this machine measured it"
+        "no earlier run of this machine measured this version of it"
 
 
 def test_a_comparison_names_the_runs_it_was_judged_against():

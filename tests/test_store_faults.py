@@ -19,6 +19,7 @@ from helpers import assert_one_line_error, bench, run_perfwatch, run_record, wri
 from servers import postgres_fixture
 
 from perfwatch.store import Store, open_store
+from perfwatch.store.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -151,15 +152,17 @@ def test_a_refused_password_stops_the_run_before_the_suite_and_is_never_printed(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_store_of_a_newer_schema_is_never_written(tmp_path, postgres, backend):
     url = store_url(backend, tmp_path, postgres)
-    assert info(tmp_path, url)["schema_version"] == 1
-    write(url, "update perfwatch_schema set version = 2")
+    assert info(tmp_path, url)["schema_version"] == SCHEMA_VERSION
+    newer = SCHEMA_VERSION + 1
+    write(url, f"update perfwatch_schema set version = {newer}")
     write_suite(tmp_path / "suites", "answers.py", TRACK)
     [document] = wide_runs(tmp_path / "docs", 1, benchmarks=2)
     for command in (["run"], ["store", "import", str(document)]):
         proc = run_perfwatch(*command, "--store", url, cwd=tmp_path)
-        assert_one_line_error(proc, "store schema version 2 is newer than this perfwatch", "upgrade perfwatch")
+        assert_one_line_error(proc, f"store schema version {newer} is newer than this perfwatch", "upgrade perfwatch")
     assert spooled(tmp_path) == []
-    assert raw(url, "select count(*) from runs") == [(0,)] and raw(url, "select version from perfwatch_schema") == [(2,)]
+    assert raw(url, "select count(*) from runs") == [(0,)]
+    assert raw(url, "select version from perfwatch_schema") == [(newer,)]
 
 
 # --- several writers at once ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from servers import postgres_fixture
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.store import Store, open_store
 from perfwatch.store.base import RunFilter
+from perfwatch.store.schema import SCHEMA_VERSION
 
 TRACK = '''
 def track_answer():
@@ -75,7 +76,7 @@ def test_store_import_export_and_info_round_trip_a_results_document(tmp_path):
     assert exported.returncode == 0 and (tmp_path / "out.json").read_text() == files[1].read_text()
     info = run_perfwatch("store", "info", "--json", cwd=tmp_path)
     assert json.loads(info.stdout) == {"store": "sqlite:///.perfwatch/perfwatch.db", "backend": "sqlite", "runs": 2,
-                                       "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "pending": 0, "schema_version": 1}
+                                       "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "pending": 0, "schema_version": SCHEMA_VERSION}
 
 
 def test_the_store_is_chosen_by_option_environment_or_settings(tmp_path):
@@ -106,7 +107,7 @@ def test_a_store_of_a_newer_schema_is_refused_not_guessed_at(tmp_path):
     with sqlite3.connect(tmp_path / ".perfwatch" / "perfwatch.db") as conn:
         conn.execute("update perfwatch_schema set version = 99")
     assert_one_line_error(run_perfwatch("runs", cwd=tmp_path), "sqlite:///.perfwatch/perfwatch.db: store schema "
-                          "version 99 is newer than this perfwatch, which reads versions up to 1; upgrade perfwatch")
+                          f"version 99 is newer than this perfwatch, which reads versions up to {SCHEMA_VERSION}; upgrade perfwatch")
 
 
 @pytest.mark.parametrize("url, words", [
@@ -146,7 +147,7 @@ def test_a_postgresql_store_keeps_runs_and_never_shows_the_password(tmp_path, po
     assert exported.returncode == 0 and exported.stdout == files[1].read_text()
     info = json.loads(run_perfwatch("store", "info", "--json", cwd=tmp_path, env=env).stdout)
     assert info == {"store": postgres.shown(url), "backend": "postgresql", "runs": 2,
-                    "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "pending": 0, "schema_version": 1}
+                    "oldest": BASELINE.run_id, "latest": CLEAN.run_id, "pending": 0, "schema_version": SCHEMA_VERSION}
     refused = run_perfwatch("runs", "--store", url.replace(postgres.password, "wrong-password-123"), cwd=tmp_path)
     assert_one_line_error(refused, "cannot open the store", "password authentication failed")
     for proc in (imported, exported, refused):

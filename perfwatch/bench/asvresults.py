@@ -294,5 +294,7 @@ def bench_results(name: str, row: Row, info: dict[str, Any]) -> list[BenchResult
         results.append(BenchResult(
             name=f"{name}({args})" if names else name, params={n: param_value(v) for n, v in zip(names, chosen)},
             kind=kind, unit=unit, higher_is_better=False, status=status, error=error, samples=kept,
-            number=int(number) if isinstance(number, (int, float)) and number >= 1 else 1))
+            number=int(number) if isinstance(number, (int, float)) and number >= 1 else 1,
+            version=None if row.version is None else str(row.version),
+            pretty_name=info["pretty_name"] if isinstance(info.get("pretty_name"), str) else None))
     return results

@@ -266,13 +266,8 @@ class Series:
         worker.stop()
 
     def result(self) -> BenchResult:
-        return bench_result(self.bench, status=self.status, error=self.error, samples=list(self.samples),
-                            number=self.number, warmup_s=self.warmup_s, duration_s=self.busy_s)
-
-
-def bench_result(bench: Benchmark, **measured: Any) -> BenchResult:
-    return BenchResult(name=bench.name, params=bench.params, kind=bench.kind, unit=bench.unit,
-                       higher_is_better=bench.higher_is_better, **measured)
+        return runner.result_of(self.bench, self.status, error=self.error, samples=list(self.samples),
+                                number=self.number, warmup_s=self.warmup_s, duration_s=self.busy_s)
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -356,7 +351,7 @@ def measure_benchmark(sides: dict[str, tuple[Side, Benchmark | None]], lead: Ben
         number = measure_round(order if index % 2 == 0 else order[::-1], round_budget,
                                float(lead.timeout or default_timeout), number, env_pad(index) if perturb_env else "")
     return {label: (series[label].result(), series[label].rounds) if label in series
-            else (bench_result(bench, status="skipped", error=bench.unsupported), [])
+            else (runner.result_of(bench, "skipped", error=bench.unsupported), [])
             for label, (_, bench) in present.items()}
 
 

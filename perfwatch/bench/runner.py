@@ -265,7 +265,8 @@ def failure_reason(outcome: ChildOutcome, timeout: float) -> tuple[str, str]:
 def result_of(bench: Benchmark, status: str, **fields: object) -> BenchResult:
     """A result for ``bench``: its identity, ``status`` and the measured ``fields``."""
     return BenchResult(name=bench.name, params=bench.params, kind=bench.kind, unit=bench.unit,
-                       higher_is_better=bench.higher_is_better, status=status, **fields)
+                       higher_is_better=bench.higher_is_better, status=status, version=bench.version,
+                       pretty_name=bench.pretty_name, **fields)
 
 
 def run_one(bench: Benchmark, size: str, run_dir: Path | None = None) -> tuple[BenchResult, str | None]:

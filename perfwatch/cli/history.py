@@ -66,9 +66,10 @@ def history(ctx: click.Context, bench: str | None, results_dir: Path | None, mac
     for command in commands:  # one per step, whichever machines saw it
         out.print(f"to find the commit: {escape(command)}", soft_wrap=True)
     for h in histories:
-        if h.note is not None:
-            where = f" on {h.series.machine_label}" if several else ""
-            out.print(f"{escape(h.series.name)}{escape(where)}: {escape(h.note)}", soft_wrap=True)
+        where = f" on {h.series.machine_label}" if several else ""
+        for note in (h.note, h.series.left_out):
+            if note is not None:
+                out.print(f"{escape(h.series.name)}{escape(where)}: {escape(note)}", soft_wrap=True)
     out.print(f"plots: {escape(str(plot_dir))}/", soft_wrap=True)
 
 

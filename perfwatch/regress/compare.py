@@ -240,7 +240,16 @@ def status_verdict(baseline: BenchResult | None, candidate: BenchResult | None, 
     if (baseline.unit, baseline.higher_is_better) != (candidate.unit, candidate.higher_is_better):
         return replace(row, reason=f"unit changed from {baseline.unit!r} to {candidate.unit!r} "
                                    f"(higher is better: {baseline.higher_is_better} -> {candidate.higher_is_better})")
+    if not same_version(baseline, candidate):
+        return replace(row, reason=f"its version changed from {baseline.version[:12]} to {candidate.version[:12]} "
+                                   "(asv's `version`, or its code): it measures something else now, a new history")
     return None
+
+
+def same_version(a: BenchResult, b: BenchResult) -> bool:
+    """Whether two results measure the same version of a benchmark; a result stored before versions were
+    recorded (None) matches any."""
+    return a.version is None or b.version is None or a.version == b.version
 
 
 def round_sizes(run: RunRecord, name: str) -> list[int]:

@@ -18,6 +18,7 @@ import itertools
 import math
 import re
 import shlex
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ from perfwatch.errors import UserError
 from perfwatch.figures import new_figure, plain_text
 from perfwatch.paths import safe_name
 from perfwatch.regress import detect
+from perfwatch.regress.compare import same_version
 from perfwatch.results import BenchResult, RunRecord
 from perfwatch.store.base import RunFilter, RunStore, machine_of
 from perfwatch.thresholds import Thresholds, parse_thresholds
@@ -82,6 +84,17 @@ class Series:
     higher_is_better: bool
     points: tuple[RunPoint, ...]
     suite: str | None = None  # the suite size of the latest run, if it names one
+    version: str | None = None  # the benchmark's version in the latest run (results.BenchResult.version)
+    dirty_runs: int = 0  # runs of uncommitted changes, left out: their code is in no commit
+    other_versions: int = 0  # runs of another version of the benchmark, left out: a new version, a new history
+
+    @property
+    def left_out(self) -> str | None:
+        """The runs left out of the series, in words; None when none was."""
+        parts = [f"{self.dirty_runs} run(s) of uncommitted changes" if self.dirty_runs else "",
+                 f"{self.other_versions} of an earlier version of the benchmark (asv's `version`, or its code)"
+                 if self.other_versions else ""]
+        return " and ".join(p for p in parts if p) + " left out" if any(parts) else None
 
     @property
     def measured(self) -> int:
@@ -227,9 +240,13 @@ def commit_order(point: RunPoint, positions: Mapping[str, int] | None = None) ->
 def build_series(runs: Iterable[RunRecord], pattern: str | None = None,
                  positions: Mapping[str, int] | None = None) -> list[Series]:
     """A series per benchmark and machine over ``runs``, in commit order (:func:`commit_order`;
-    ``positions`` from :func:`git_positions`); benchmarks in first-seen order, each one's machines by id."""
-    groups: dict[tuple[str, str], dict[str, list[tuple[RunRecord, BenchResult]]]] = {}
-    latest: dict[tuple[str, str], BenchResult] = {}
+    ``positions`` from :func:`git_positions`); benchmarks in first-seen order, each one's machines by id.
+    Runs of a dirty tree are left out (their code is in no commit, so pooling them with the commit's
+    would mix two codes), and so are results of another version than the latest run's (asv's rule:
+    a new version starts a new history; a result stored without a version matches any)."""
+    found: dict[tuple[str, str], list[tuple[RunRecord, BenchResult]]] = {}
+    dirty: Counter[tuple[str, str]] = Counter()
+    seen: dict[tuple[str, str], BenchResult] = {}  # the latest result, dirty or not: the unit of a dirty-only series
     suites: dict[tuple[str, str], str] = {}
     hosts: dict[str, str | None] = {}
     names: dict[str, int] = {}
@@ -241,16 +258,25 @@ def build_series(runs: Iterable[RunRecord], pattern: str | None = None,
                 continue
             names.setdefault(bench.name, len(names))
             key = (bench.name, machine)
-            groups.setdefault(key, {}).setdefault(run.env.get("git_commit") or run.run_id, []).append((run, bench))
-            latest[key] = bench
+            seen[key] = bench
             suites[key] = run.suite
+            if run.env.get("git_dirty") and run.env.get("git_commit"):
+                dirty[key] += 1
+            else:
+                found.setdefault(key, []).append((run, bench))
     order = functools.partial(commit_order, positions=positions)
     series = []
-    for name, machine in sorted(groups, key=lambda k: (names[k[0]], k[1])):
-        points = sorted((pool(runs_of) for runs_of in groups[name, machine].values()), key=order)
-        bench = latest[name, machine]
+    for name, machine in sorted(seen, key=lambda k: (names[k[0]], k[1])):
+        runs_of_key = found.get((name, machine), [])
+        latest = runs_of_key[-1][1] if runs_of_key else seen[name, machine]
+        kept = [(run, bench) for run, bench in runs_of_key if same_version(bench, latest)]
+        by_commit: dict[str, list[tuple[RunRecord, BenchResult]]] = {}
+        for run, bench in kept:
+            by_commit.setdefault(run.env.get("git_commit") or run.run_id, []).append((run, bench))
+        points = sorted((pool(runs_of) for runs_of in by_commit.values()), key=order)
         suite = suites[name, machine] if suites[name, machine] in SIZES else None
-        series.append(Series(name, machine, hosts[machine], bench.unit, bench.higher_is_better, tuple(points), suite))
+        series.append(Series(name, machine, hosts[machine], latest.unit, latest.higher_is_better, tuple(points),
+                             suite, latest.version, dirty[name, machine], len(runs_of_key) - len(kept)))
     return series
 
 
@@ -334,6 +360,8 @@ def to_json(history: History, plot_path: Path | None = None) -> dict[str, Any]:
         "runs": series.runs,
         "points": len(series.points),
         "measured_points": series.measured,
+        "version": series.version,
+        "left_out": {"dirty_runs": series.dirty_runs, "other_versions": series.other_versions},
         "note": history.note,
         "plot": str(plot_path) if plot_path else None,
         "steps": [{"index": s.index, "run_id": s.run_id, "commit": s.commit, "commit_before": s.commit_before,

@@ -30,6 +30,7 @@ from perfwatch.regress.compare import (
     Verdict,
     judge,
     machine_differences,
+    same_version,
     status_verdict,
     worse_by,
 )
@@ -57,11 +58,13 @@ def recent_runs(store: RunStore, env: dict[str, Any], suite: str, runs: int = DE
 
 def judge_benchmark(history: Sequence[BenchResult], candidate: BenchResult, threshold: float,
                     alpha: float = DEFAULT_ALPHA) -> Verdict:
-    """One benchmark: the new run's median against the medians of its ``history`` (oldest first)."""
+    """One benchmark: the new run's median against the medians of its ``history`` (oldest first); results of
+    another version of the benchmark do not count (a new version starts a new history)."""
+    history = [b for b in history if same_version(b, candidate)]
     earlier = [b for b in history if b.ok and b.samples]
     row = status_verdict(earlier[-1] if earlier else (history[-1] if history else None), candidate, threshold)
     if row is not None:
-        return replace(row, reason="no earlier run of this machine measured it") \
+        return replace(row, reason="no earlier run of this machine measured this version of it") \
             if row.verdict == "new" else row
     medians = [stats.median(b.samples) for b in earlier]
     row = Verdict(name=candidate.name, unit=candidate.unit, higher_is_better=candidate.higher_is_better,

@@ -21,7 +21,7 @@ from perfwatch import stats
 from perfwatch.results import FORMAT_VERSION, RunRecord
 from perfwatch.store.base import RunFilter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ESCAPED = "\uffff"  # a Unicode noncharacter: starts an escaped string, and no real text starts with it
 
 
@@ -53,8 +53,14 @@ class Exact(sa.TypeDecorator):
         return json.loads(value[1:]) if value is not None and value.startswith(ESCAPED) else value
 
 
-# N -> the step that turns a version N-1 database into a version N one (none yet: 1 is the first).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+def add_benchmark_identity(conn: Connection) -> None:
+    """2: asv's ``version`` and ``pretty_name`` of each result (null in the runs stored before)."""
+    for column in ("version", "pretty_name"):
+        conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column} TEXT"))
+
+
+# N -> the step that turns a version N-1 database into a version N one (1 is the first).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: add_benchmark_identity}
 
 metadata = sa.MetaData()
 # One row; the key makes a second process that also found the table empty fail, then read the first's row.
@@ -89,10 +95,12 @@ results_table = sa.Table(
     sa.Column("number", sa.Integer, nullable=False),
     sa.Column("warmup_s", sa.Float, nullable=False),
     sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("version", Exact()),
+    sa.Column("pretty_name", Exact()),
     sa.Index("ix_results_name_run", "name", "run"),
 )
 BENCH_COLUMNS = ("name", "params", "kind", "unit", "higher_is_better", "status", "error", "samples", "number",
-                 "warmup_s", "duration_s")
+                 "warmup_s", "duration_s", "version", "pretty_name")
 
 
 host_column = runs_table.c.fingerprint["host"].as_string()  # older documents have no machine_id
