@@ -205,17 +205,17 @@ def measurement(offsets: list[float], pairs: int = 10) -> tuple[RunRecord, RunRe
 
 def test_rounds_that_disagree_are_measured_again_and_the_pooled_t_test_then_decides():
     measure = PairedMeasure(target())
-    first = measure.judged(0, 1, measurement([0.10] * 5 + [-0.04]))  # one pair of processes says 4% faster
+    first = measure.judged(0, 1, measurement([0.12] * 5 + [-0.04]))  # one pair of processes says 4% faster
     assert first.verdict == "too-noisy" and first.ci_low < 0  # 6 rounds: the test itself cannot tell yet
-    pooled = measure.judged(0, 1, measurement([0.10] * 6))
-    # compare alone would still say too-noisy (12 rounds, one under -3%), but the test over them is clear
+    pooled = measure.judged(0, 1, measurement([0.12] * 5 + [-0.04]))
+    # compare alone would still say too-noisy (12 rounds, two under -3%), but the test over them is clear
     assert pooled.verdict == "regressed" and pooled.ci_low > 0.03 and pooled.p_value < 0.01
     assert "the t-test over 12 pooled rounds decides, though compare said" in pooled.reason
-    assert "the rounds disagree: from -4.0% to +10.0%" in pooled.reason
+    assert "the rounds disagree: from -4.0% to +12.0%" in pooled.reason
 
 
 def test_one_measurement_is_judged_as_ci_against_judges_it_rounds_that_disagree_are_too_noisy():
-    once = PairedMeasure(target()).judged(0, 1, measurement([0.10] * 9 + [-0.04]))  # 10 rounds (full)
+    once = PairedMeasure(target()).judged(0, 1, measurement([0.20] * 8 + [-0.04] * 2))  # 10 rounds (ci, full)
     assert once.verdict == "too-noisy" and once.ci_low > 0.03 and "the rounds disagree" in once.reason
 
 

@@ -7,10 +7,9 @@ pools its rounds with the earlier ones before compare judges it over all of them
 fresh processes, the only thing that narrows the interval of a too-noisy verdict (docs: paired.py).
 
 A pooled pair is decided by compare's t-test over the rounds alone. compare also calls a pair too
-noisy when one round lies over +threshold and another under -threshold; over the 6 rounds of one
-ci measurement that never overrides the test (whose interval is then wider than the rounds' spread),
-but the extremes of 12 or 18 rounds reach further while the interval narrows, so on a busy machine
-re-measuring made that rule fire more often, not less. The t-interval already carries the spread
+noisy when rounds lie over +threshold and others under -threshold (one in six each way); the
+extremes of 20 or 30 pooled rounds reach further while the interval narrows, so on a busy machine
+re-measuring can make that rule fire more often, not less. The t-interval already carries the spread
 between rounds (R-1 degrees of freedom), so past the first measurement the test decides.
 """
 

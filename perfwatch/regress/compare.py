@@ -15,7 +15,8 @@ The rules (docs/architecture.md: a regression is over the threshold AND signific
 * unchanged: the whole interval lies within +-threshold, so a change that large is ruled out;
 * too-noisy: anything else. The data cannot tell a change over the threshold from none: the
   interval reaches over the threshold and either includes 0 or includes changes under it.
-  Also when rounds of fresh processes disagree: one round over +threshold, another under -threshold.
+  Also when rounds of fresh processes disagree: rounds over +threshold and rounds under -threshold,
+  at least one in six each way.
 
 Samples of one process share its offset (layout, environment, core: a few percent), so paired
 samples taken in two or more rounds of fresh processes are tested over the rounds
@@ -123,7 +124,12 @@ def _judge_rounds(verdict: str, reason: str, change: float, low: float, high: fl
                   threshold: float) -> tuple[str, str]:
     """A verdict over rounds: too-noisy when the rounds disagree, and the reason gives both spreads."""
     changes = [worse_by(r, higher_is_better) for r in estimate.round_ratios]
-    if verdict != "too-noisy" and min(changes) < -threshold and max(changes) > threshold:
+    # Disagreement: rounds beyond the threshold both ways, at least one in six each way (one of six
+    # rounds of ci, two of ten): of many rounds, a single stray one is noise the t-interval has
+    # already counted; a share of them each way is two kinds of process.
+    needed = math.ceil(len(changes) / 6)
+    over, under = sum(c > threshold for c in changes), sum(c < -threshold for c in changes)
+    if verdict != "too-noisy" and over >= needed and under >= needed:
         verdict = "too-noisy"
         reason = (f"{change:+.1%} with {_evidence(low, high, estimate.p_value, estimate.confidence)}, but the rounds "
                   f"disagree: from {min(changes):+.1%} to {max(changes):+.1%}, over +-{_percent(threshold)} both ways")
