@@ -98,6 +98,12 @@ def test_the_outermost_known_frame_decides_the_phase(frames, phase):
     ("    x, y = x.to(device, non_blocking=True), y.to(device)", "host_to_device"),
     ("    x = x.cuda()", "host_to_device"),
     ("    predictions.append(out.to('cpu'))", "sync"),  # to the host: waits for the device, copies nothing to it
+    # casts copy within the memory the tensor is in (on a GPU: device to device), not host to device
+    ("    x = x.to(torch.bfloat16)", "copy"),
+    ("    x = x.to(dtype=torch.float16, non_blocking=True)", "copy"),
+    ("    images = images.to(memory_format=torch.channels_last)", "copy"),
+    ("    logits = logits.float()", "copy"),
+    ("    x = x.to(device, torch.float16)", "host_to_device"),  # to a device, and a cast on the way
     ("    running += loss.item()", "sync"),
     ("    print(f'step {i}')", "logging"),
     ("    total += 1", "other"),

@@ -49,9 +49,14 @@ FRAME_RULES: tuple[tuple[str, str, frozenset[str] | None], ...] = (
 
 # The innermost Python line when the thread is inside a C function, which has no frame.
 # ``.to("cpu")`` is a copy to the host, which waits for the device like ``.cpu()``: sync, not
-# host-to-device. (On a run without a GPU, diagnose calls both host-memory copies.)
+# host-to-device. A cast to another dtype or memory format (``.to(torch.bfloat16)``,
+# ``.to(dtype=...)``, ``.half()``) copies within the memory the tensor is already in: copy.
+# (On a run without a GPU, diagnose calls every host-memory copy "copy".)
+_DTYPES = r"(float|half|bfloat|double|int|uint|long|short|bool|complex|qint|quint|cfloat|cdouble)\w*"
 LINE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("sync", re.compile(r"\.(item|cpu|tolist|numpy)\(\)|\.synchronize\(|\.to\(\s*(torch\.device\(\s*)?[\"']cpu[\"']")),
+    ("copy", re.compile(rf"\.to\(\s*(torch\.{_DTYPES}\s*[,)]|(dtype|memory_format)\s*=)"
+                        r"|\.(half|float|double|bfloat16|long|int|bool)\(\)|\.contiguous\(")),
     ("host_to_device", re.compile(r"\.(to|cuda|copy_)\(")),
     ("logging", re.compile(r"\bprint\(")),
 )
