@@ -106,6 +106,23 @@ def time_objects(thing):
 
 
 time_objects.params = [Thing(), Thing()]
+
+
+class Shapes:
+    """Parameter lists as large suites write them: numpy's one parameter whose values are 2 and lists,
+    scipy's range of values, and scipy's ``sizes``: the suite's own data, not perfwatch's suite sizes."""
+
+    sizes = range(100, 401, 100)
+
+    def time_columns(self, cols):
+        pass
+
+    time_columns.params = [2, [1, 3], [1, 3, 5, 7]]
+
+    def time_ranged(self, name, n):
+        pass
+
+    time_ranged.params = [["a", "b"], range(0, 2)]
 '''
 
 DEEP = '''
@@ -173,6 +190,8 @@ def test_names_versions_and_parameter_labels_are_asvs(asv_project, tmp_path):
                            for c in combos}
     assert {b["name"] for b in ours} == expected_names
     assert "lists.time_objects(param1=<benchmarks.common.Thing object> (0))" in expected_names
+    assert {"lists.Shapes.time_columns(param1=[1, 3])", "lists.Shapes.time_ranged(param1='b', param2=1)"} <= expected_names
+    assert {tuple(b["sizes"]) for b in ours if ".Shapes." in b["name"]} == {("quick", "ci", "full")}
     assert {b["asv_name"]: b["setup_cache_key"] for b in ours if b["setup_cache_key"]} == {
         b["name"]: b["setup_cache_key"] for b in theirs if b.get("setup_cache_key")}
     deep = next(b for b in ours if b["asv_name"] == "nested.deep.time_deep")

@@ -17,7 +17,7 @@ import inspect
 import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -129,11 +129,25 @@ def _repeat(value: Any) -> bool:
 
 
 def _params(value: Any) -> bool:
-    """asv's params: one list of values, or a list of such lists (their cartesian product)."""
-    if not isinstance(value, (list, tuple)):
+    """asv's params, as asv_runner reads them: a sequence whose first entry decides. A list or tuple first
+    makes it one collection of values per parameter (a range is one too; their cartesian product), anything
+    else makes the whole sequence the values of one parameter (numpy's ``[2, [1, 3]]``: two values)."""
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
         return False
-    nested = [isinstance(v, (list, tuple)) for v in value]
-    return not any(nested) or all(nested)
+    entries = list(value)
+    if not entries or not isinstance(entries[0], (list, tuple)):
+        return True
+    return all(isinstance(e, Iterable) and not isinstance(e, (str, bytes, dict)) for e in entries)
+
+
+def size_choice(value: Any) -> bool | None:
+    """Whether ``sizes`` is perfwatch's choice of suite sizes: True, or False for a mistaken one (a lone
+    name, an unknown name beside known ones); None when it names no suite size at all: then it is the
+    suite's own data of that name (scipy's benchmarks keep problem sizes there), not perfwatch's."""
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if names is None or not any(isinstance(n, str) and n in SIZES for n in names):
+        return None
+    return isinstance(value, (list, tuple)) and all(n in SIZES for n in names)
 
 
 def _env(value: Any) -> bool:
@@ -161,8 +175,7 @@ ATTRIBUTES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "skip_params": (lambda v: isinstance(v, (list, tuple)), "a list of tuples of parameter values"),
     "timer": (callable, "a clock: a function that returns seconds, such as time.process_time"),
     "env": (_env, "a dict of environment variables (no None values)"),
-    "sizes": (lambda v: isinstance(v, (list, tuple)) and bool(v) and all(s in SIZES for s in v),
-              f"a list of suite sizes out of {', '.join(SIZES)}"),
+    "sizes": (lambda v: size_choice(v) is not False, f"a list of suite sizes out of {', '.join(SIZES)}"),
 }
 
 
@@ -297,7 +310,7 @@ def expand(found: Found, root: Path, key: str, attr: str, func: Any, klass: type
         file=str(found.file), module=found.name, qualname=qualname, kind=kind,
         unit=identity.first_attr(sources, "unit", identity.DEFAULT_UNITS[kind]),
         higher_is_better=bool(identity.first_attr(sources, "higher_is_better", False)),
-        sizes=tuple(identity.first_attr(sources, "sizes", SIZES)),
+        sizes=tuple(sizes) if size_choice(sizes := identity.first_attr(sources, "sizes")) else SIZES,
         timeout=identity.first_attr(sources, "timeout"), number=number or None,
         repeat=list(repeat) if isinstance(repeat, tuple) else repeat,
         warmup_time=identity.first_attr(sources, "warmup_time"), sample_time=identity.first_attr(sources, "sample_time"),
