@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Iterator
 
 import psutil
@@ -36,6 +37,8 @@ from servers import Pushgateway, free_port
 from perfwatch.bench.runner import kill_tree
 from perfwatch.errors import UserError
 from perfwatch.instrument import PHASES, StepRecord
+from perfwatch.monitoring.collective import CollectiveTotals
+from perfwatch.monitoring.collective_metrics import CollectiveMetrics
 from perfwatch.monitoring.collector import Collector
 from perfwatch.monitoring.metrics import STEP_BUCKETS, PerfwatchMetrics, TrainingMetrics
 from perfwatch.monitoring.serve import MetricsServer, Pusher
@@ -57,9 +60,10 @@ def process_tree() -> Iterator[subprocess.Popen]:
 
 
 @contextmanager
-def serving(metrics: PerfwatchMetrics) -> Iterator[str]:
+def serving(*collectors) -> Iterator[str]:
     registry = CollectorRegistry()
-    registry.register(metrics)
+    for collector in collectors:
+        registry.register(collector)
     server = MetricsServer(registry, 0)
     try:
         yield server.url
@@ -113,7 +117,10 @@ def full_scrape() -> str:
     training.log(loss=0.5, lr=0.1)
     with Collector(os.getpid(), interval=0.05, uss_interval=0.0, nvml=nvml) as collector:
         metrics = PerfwatchMetrics(collector, training=training, process_labels={"rank": "2"})
-        with serving(metrics) as url:
+        # what monitor(model=ddp_model) registers beside it: the rank's collective timing
+        timing = SimpleNamespace(totals=lambda: CollectiveTotals(5, 0.5, 0.25))
+        collective = CollectiveMetrics("2", "node-a", timing=timing)
+        with serving(metrics, collective) as url:
             return wait_for_scrape(url, lambda t: value(t, "perfwatch_gpu_sm_active_ratio", gpu="0") is not None)
 
 

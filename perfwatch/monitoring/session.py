@@ -21,6 +21,8 @@ from typing import Any
 from perfwatch.errors import UserError
 from perfwatch.instrument import StepTimer
 from perfwatch.launch import ForwardedSignals, exit_code, launch
+from perfwatch.monitoring import collective
+from perfwatch.monitoring.collective_metrics import CollectiveMetrics
 from perfwatch.monitoring.collector import Collector
 from perfwatch.monitoring.metrics import STEP_BUCKETS, PerfwatchMetrics, PublishedTraining, TrainingMetrics
 from perfwatch.monitoring.serve import PUSH_INTERVAL_S, Exporter
@@ -52,6 +54,12 @@ class Monitor:
     ``push_interval`` seconds and on exit, under ``job`` and grouping key
     instance=hostname, rank.
 
+    With ``model`` (a DistributedDataParallel module) each gradient all-reduce is timed by a
+    comm hook installed on entering: the rank's work before it and its wait in it, exported
+    as ``perfwatch_train_rank_work_seconds_total`` and ``perfwatch_train_collective_*``, whose
+    split across ranks names a straggler (monitoring.collective, monitoring.straggler). Any
+    other model: nothing (one info line); a model with a comm hook of its own keeps it.
+
     Entering raises UserError when the port is taken, before the loop runs; once in,
     failures are logged and the training goes on. ``port`` and ``url`` tell where the
     metrics are served once entered.
@@ -68,6 +76,7 @@ class Monitor:
         job: str = "perfwatch",
         push_interval: float = PUSH_INTERVAL_S,
         uss_interval: float | None = None,
+        model: Any = None,
     ) -> None:
         local_rank, self.rank = torchrun_rank()
         self.timer = timer if timer is not None else StepTimer()
@@ -80,6 +89,9 @@ class Monitor:
             port=port + local_rank if port else 0, bind=bind, push=push, job=job,
             grouping_key={"instance": socket.gethostname(), "rank": self.rank}, push_interval=push_interval,
         )
+        self._model = model
+        self._collective = CollectiveMetrics(self.rank, socket.gethostname())
+        self._exporter.registry.register(self._collective)
         self.port: int | None = None
         self.url: str | None = None
 
@@ -88,6 +100,8 @@ class Monitor:
         self.port, self.url = server.port, server.url
         self._collector.start()
         self.attach(self.timer)
+        if self._model is not None:
+            self._collective.timing = self._hook(self._model)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -95,11 +109,22 @@ class Monitor:
         for timer in self._timers:
             timer.remove_listener(self._listener)
         self._timers.clear()
+        if self._collective.timing is not None:
+            self._collective.timing.stop()  # DDP keeps the hook: from now on it only forwards
         for step in (self._collector.stop, self._exporter.close):
             try:
                 step()
             except Exception:
                 log.warning("perfwatch: stopping the monitor: %s failed", step.__qualname__, exc_info=True)
+
+    @staticmethod
+    def _hook(model: Any) -> collective.CollectiveTiming | None:
+        try:
+            return collective.install(model)
+        except Exception:
+            log.warning("perfwatch: installing the collective timing failed; the training goes on without it",
+                        exc_info=True)
+            return None
 
     def attach(self, timer: StepTimer) -> None:
         """Also export the steps of ``timer`` (one a library creates, an eval loop's); detached on exit.
