@@ -16,9 +16,9 @@ PACKAGE = Path(perfwatch.__file__).parent
 CORE = {"errors", "config", "env", "gpu", "stats", "results", "store", "thresholds", "instrument", "launch",
         "pages", "figures", "display", "paths", "urls", "assets", "proctree", "channel", "worker",
         "__main__"}
-WINGS = {"bench", "regress", "monitoring", "profile", "tune", "pipelines", "cli"}
+WINGS = {"bench", "regress", "monitoring", "profile", "publish", "tune", "pipelines", "cli"}
 # (importer's wing, imported wing) pairs the map allows; the CLI may import anything.
-WING_EDGES = {("regress", "bench"), ("profile", "monitoring"), ("tune", "pipelines")}
+WING_EDGES = {("regress", "bench"), ("profile", "monitoring"), ("publish", "regress"), ("tune", "pipelines")}
 # The core -> wing edges: the two entry points that other code reaches by name.
 CORE_EDGES = {("perfwatch.worker", "perfwatch.bench.worker"),
               ("perfwatch.__main__", "perfwatch.cli")}

@@ -20,6 +20,7 @@ from perfwatch.cli import (  # noqa: F401  (registers the commands)
     bisect,
     grafana,
     history,
+    publish,
     regress,
     report,
     store,  # noqa: F401
