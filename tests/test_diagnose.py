@@ -272,15 +272,24 @@ def test_inline_loading_that_releases_the_gil_and_reads_storage_is_storage_and_n
     assert finding(busy, "input_bound")["evidence"]["cause"] == "inline_cpu"  # a thread that busy is not waiting
 
 
-def test_inline_loading_blocked_on_neither_cpu_nor_storage_says_so_and_counts_only_the_cores_it_can_have():
+def test_inline_loading_blocked_on_neither_cpu_nor_storage_says_so_and_counts_every_core_it_could_ask_for():
     # the GIL released, 0.3 cores used, no iowait, no local reads: remote storage, the network or a lock
     report = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.05},
                  res=resources(cores=2, main_cpu_cores=0.3, host_busy_ratio=0.5))
     found = finding(report, "input_bound")
     assert found["evidence"]["cause"] == "inline_blocked" and "not reading local storage" in found["title"]
     expected = recommendation(report, "num_workers")["expected_gain"]
-    assert expected["speedup_at_most"] == 4.33  # (0.3 in use + 1.0 idle) / 0.3: the other 0.7 were busy elsewhere
-    assert "other processes kept 0.70 busy" in expected["reasoning"]
+    # waiting needs no core: though other processes keep 0.7 cores busy, the bound is Amdahl's 5x (0.8
+    # of the time waiting), not the 4.33x of the cores they leave (1.3 / 0.3); 2 / 0.3 cores is above it
+    assert expected["speedup_at_most"] == 5.0, expected
+    assert "(Amdahl)" in expected["reasoning"] and "kept" not in expected["reasoning"]
+
+
+def test_cpu_bound_inline_loading_counts_only_the_cores_other_processes_leave():
+    report = run({"data_loading": 800, "forward": 200}, gil={"data_loading": 0.9},
+                 res=resources(cores=2, main_cpu_cores=0.99, host_busy_ratio=0.75))
+    expected = recommendation(report, "num_workers")["expected_gain"]
+    assert expected["speedup_at_most"] < 1.6 and "other processes kept" in expected["reasoning"], expected
 
 
 def test_inline_loading_starved_of_cpu_is_cpu_bound_not_blocked():
