@@ -4,6 +4,7 @@ literal runs, reading scrapes, and an NVML stand-in for the GPU this machine lac
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -12,8 +13,10 @@ import textwrap
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pynvml
 from prometheus_client.parser import text_string_to_metric_families
@@ -349,3 +352,19 @@ def measured_project(project: Path, suite: str, settings: str | None = None) -> 
         proc = run_perfwatch(*args, cwd=project)
         assert proc.returncode == 0, proc.stderr
     return project
+
+
+# ---------------------------------------------------------------- scripts/
+
+@contextmanager
+def script_module(name: str) -> Iterator[ModuleType]:
+    """scripts/<name>.py imported as module ``name`` (registered in sys.modules while in use, as its
+    dataclasses need), for testing a benchmark script's pure helpers."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
