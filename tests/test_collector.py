@@ -284,10 +284,11 @@ def test_each_process_reports_how_long_it_waited_for_a_cpu():
     try:
         assert process.stdout.readline() == "ready\n"
         with Collector(process.pid, interval=0.2) as collector:
-            time.sleep(0.3)
-            first = {m.pid: m for m in collector.latest().tree.members}
+            # a loaded machine may take longer than one interval for the first full sample of the tree
+            start = wait_for(collector, lambda s: s.tree is not None and len(s.tree.members) == 2)
+            first = {m.pid: m for m in start.tree.members}
             time.sleep(1.5)
-            last = {m.pid: m for m in collector.latest().tree.members}
+            last = {m.pid: m for m in wait_for(collector, lambda s: s.seq > start.seq).tree.members}
         assert len(last) == 2  # the loop and its forked twin
         for pid, member in last.items():
             waited = member.run_delay_seconds_total - first[pid].run_delay_seconds_total
