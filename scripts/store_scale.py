@@ -21,9 +21,11 @@ command opens it (so a database's connection is in the time), and the median and
 * ``dashboard``: every SQL text of the Grafana "Benchmark history" dashboard (its variables', its
   annotation's and its panels'), filled in as Grafana fills it (tests/grafana_dashboards.py) in each
   ``--view``: one suite, one machine and one benchmark of each kind over the whole history
-  (``all-history``) and over its last 30 days (``last-30-days``), and the dashboard as it opens
-  (``as-opened``: its default time range, every machine, every benchmark); each run through a
-  connection of its own, its rows counted, since a query that finds nothing at scale is a bug. A
+  (``all-history``) and over its last 30 days (``last-30-days``), the dashboard as it opens
+  (``as-opened``: its default time range and variables as Grafana picks them: every machine, the first
+  benchmark) and the same with every benchmark selected (``every-benchmark``); each run through a
+  connection of its own, its rows counted, since a query that finds nothing at scale is a bug (as opened,
+  the panels of the other kinds of benchmark than the first have nothing to show). A
   store that cannot run a query (SQLite: the dashboard is written for PostgreSQL) gets the
   database's error line for it instead of a time.
 
@@ -76,8 +78,8 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "grafana" / "dashboards" / "hi
 # The position in its suite -> a benchmark's kind, unit and typical value; the others are times.
 KINDS = {1: ("peakmem", "bytes", 2e8), 2: ("track", "items", 1e4)}
 # The dashboard's views: one suite, machine and benchmark of each kind over the whole history and over its
-# last 30 days, and the dashboard as it opens (its default time range, every machine and benchmark).
-VIEWS = ("all-history", "last-30-days", "as-opened")
+# last 30 days, the dashboard as it opens (its default time range and variables), and that with every benchmark.
+VIEWS = ("all-history", "last-30-days", "as-opened", "every-benchmark")
 OPENING = re.compile(r"now-(\d+)([dh])$")
 STEP = 1.2  # the first benchmark of each suite, from 90% of the runs on
 
@@ -202,8 +204,10 @@ def dashboard_views(grafana: ModuleType, shape: Shape, engine: sa.Engine, names:
     views = {"all-history": lambda: (datetime.fromtimestamp(START, timezone.utc) - timedelta(days=1), end, picked),
              "last-30-days": lambda: (end - timedelta(days=30), end, picked)}
     opened = end - opening_range(dashboard)
-    views["as-opened"] = lambda: (opened, end, grafana.resolve_sql_variables(
-        dashboard, partial(fetch, engine), opened, end)[0])
+    defaults, options = grafana.resolve_sql_variables(dashboard, partial(fetch, engine), opened, end)
+    every = {**defaults, "benchmark": (defaults["benchmark"][0], [value for _, value in options["benchmark"]])}
+    views["as-opened"] = lambda: (opened, end, defaults)
+    views["every-benchmark"] = lambda: (opened, end, every)
     return {name: views[name]() for name in VIEWS if name in names}
 
 
