@@ -154,6 +154,28 @@ def test_a_postgresql_store_keeps_runs_and_never_shows_the_password(tmp_path, po
         assert postgres.password not in proc.stdout + proc.stderr and "wrong-password-123" not in proc.stderr
 
 
+def test_a_run_stored_from_one_checkout_is_in_the_history_read_from_another(tmp_path, postgres):
+    """What a shared PostgreSQL store is for: CI's checkout writes, a developer's clone reads."""
+    url = postgres.new_database()
+    origin = tmp_path / "origin"
+    write_suite(origin / "suites", "answers.py", TRACK)
+    for args in (["init", "-q", "-b", "main"], ["add", "suites"], ["commit", "-q", "-m", "suite"]):
+        subprocess.run(["git", *args], cwd=origin, check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+    ci, laptop = tmp_path / "ci", tmp_path / "laptop"
+    for clone in (ci, laptop):
+        subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True, capture_output=True)
+    stored = run_perfwatch("run", "--suite", "quick", "--json", "--store", url, cwd=ci)
+    assert stored.returncode == 0, stored.stderr
+    run_id = json.loads(stored.stdout)["run_id"]
+    history = run_perfwatch("history", "--json", "--store", url, cwd=laptop)
+    assert history.returncode == 0, history.stderr
+    (series,) = json.loads(history.stdout)["benchmarks"]
+    assert series["name"] == "answers.track_answer" and [p["run_id"] for p in series["series"]] == [run_id]
+    assert postgres.password not in stored.stdout + stored.stderr + history.stdout + history.stderr
+
+
 # Text no database holds as it is: a lone surrogate (no UTF-8), NUL (PostgreSQL refuses it), and a string
 # that starts with the mark of an escaped one.
 UNHOLDABLE = RunRecord(
