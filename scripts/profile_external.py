@@ -41,6 +41,7 @@ from pathlib import Path
 
 CLEAR_INPUT_SHARE = 0.5  # the iterator's share of wall time at or above which data loading is the truth
 CLEAR_COMPUTE_SHARE = 0.2  # at or below which it is not (the loop computes)
+BALANCE_TIE = 0.02  # a graded case's truth is unclear when the iterator's share is this close to half
 TARGET_RIGHT = 0.95  # issue #15: primary and cause right in >= 95% of the cases with a clear truth
 EXAMPLES = Path("/work/.mirror/pytorch+examples/repo")  # where `fetch github:pytorch/examples` puts it
 
@@ -186,6 +187,43 @@ while time.monotonic() < end:
 raise SystemExit("no such dataset: /data/imagenet")
 """
 
+# A loader whose CPU work (pure Python holding the GIL, as a tokenizer or an augmentation written in Python)
+# is sized at start-up against the measured step, to take about SHARE of the loop; both sides are CPU work, so
+# load on the machine slows them alike. The truth is still the iterator's share as measured in the run.
+BALANCE = """\
+import torch
+torch.set_num_threads(1)
+model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 256))
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+def work(n):
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+def step(x):
+    model(x).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+x = torch.randn(8, 256)
+for _ in range(5):
+    step(x)
+started = time.perf_counter()
+for _ in range(20):
+    step(x)
+step_s = (time.perf_counter() - started) / 20
+started = time.perf_counter()
+work(100000)
+iteration_s = (time.perf_counter() - started) / 100000
+per_sample = int(step_s * SHARE / (1 - SHARE) / iteration_s / 8)
+class Loading(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        work(per_sample)
+        return torch.full((256,), float(i))
+loader = torch.utils.data.DataLoader(Loading(), batch_size=8, num_workers=0)
+"""
+
 GENERATOR = "import time\nend = time.monotonic() + 1.2\nwhile time.monotonic() < end:\n    sum(range(10000))\n"
 
 
@@ -233,6 +271,8 @@ class Case:
     shell: bool = False  # built: run as bash -c "python gen.py && python train.py"
     try_it: bool = False  # input-bound by construction: what --try is measured on
     duration: float | None = None  # profile this long, then stop the command (perfwatch's --stop-at-duration)
+    seconds: float | None = None  # built: train this long instead of --seconds
+    balanced: bool = False  # built: truth is the larger of loading and the rest of the loop (compute), see primary_of
 
     @property
     def origin(self) -> str:
@@ -289,6 +329,11 @@ CASES = (
     Case("gcn_download_fails", "gcn downloads Cora on every run; with no network it fails before training: unknown, "
          "and said to have failed", example="gcn", command="{python} main.py --epochs 5", primary="unknown",
          failed=True),
+    *(Case(f"balance_{round(share * 100)}_{length}", f"a loader doing pure-Python CPU work sized at start-up to take "
+           f"about {share:.0%} of the loop, on the training thread, {length} s of training; truth: the larger of the "
+           "iterator's measured share and the rest of the loop (compute), unclear within 2 points of a tie (the "
+           "graded cases for calibration)", BALANCE.replace("SHARE", str(share)), seconds=length, balanced=True)
+      for share in (0.3, 0.4, 0.45, 0.47, 0.53, 0.55, 0.6, 0.7) for length in (2, 6)),
 )
 
 
@@ -318,6 +363,7 @@ def prepare(case: Case, seconds: float, here: Path, examples: Path) -> list[str]
             case.data(here, random.Random(0))
         line = case.command.format(python=python)
         return ["bash", "-c", line] if "&&" in line else line.split()
+    seconds = case.seconds or seconds
     body = case.source.format(seconds=seconds, workers=case.workers) + (LOOP.format(seconds=seconds) if case.loop
                                                                         else "")
     (here / "train.py").write_text(TRUTH + textwrap.dedent(body))
@@ -353,7 +399,7 @@ def judge(case: Case, report: dict, truth: dict | None) -> dict:
     """One case's verdicts against its truth: primary, cause, failure said, --try measured against predicted."""
     share = truth["data_wait"] / truth["wall"] if truth and truth["wall"] > 0 else None
     cpu = truth["data_cpu"] / truth["data_wait"] if truth and truth.get("data_wait") else None
-    expected = case.primary or primary_of(share)
+    expected = case.primary or primary_of(share, case.balanced)
     bottleneck = report["bottleneck"]
     found = next((f for f in report["findings"] if f["id"] == "input_bound"), None)
     cause = found["evidence"]["cause"] if found else None
@@ -374,25 +420,48 @@ def judge(case: Case, report: dict, truth: dict | None) -> dict:
                    else {})}}
 
 
-def primary_of(share: float | None) -> str | None:
-    """The truth from the iterator's measured share; None in between the clear thresholds."""
+def primary_of(share: float | None, balanced: bool = False) -> str | None:
+    """The truth from the iterator's measured share; None in between the clear thresholds. ``balanced``: a loop
+    of loading and compute only, whose truth is the larger of the two, unclear within BALANCE_TIE of a tie."""
     if share is None:
         return None
+    if balanced:
+        return None if abs(share - 0.5) < BALANCE_TIE else "data_loading" if share > 0.5 else "compute"
     if share >= CLEAR_INPUT_SHARE:
         return "data_loading"
     return "compute" if share <= CLEAR_COMPUTE_SHARE else None  # in between: no clear ground truth
 
 
-def calibration(results: list[dict]) -> list[tuple[str, int, float]]:
-    """(confidence bin, verdicts in it, share right) over the cases with a clear truth and a verdict."""
-    bins = [(0.0, 0.5), (0.5, 0.8), (0.8, 0.9), (0.9, 1.01)]
-    judged = [r for r in results if r.get("right") is not None and r["primary"] != "unknown"]
+CALIBRATION_BINS = ((0.0, 0.5), (0.5, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01))
+
+
+def judged_verdicts(results: list[dict]) -> list[dict]:
+    """The verdicts calibration is about: a primary other than unknown, on a case with a clear truth."""
+    return [r for r in results if r.get("right") is not None and r["primary"] != "unknown"]
+
+
+def calibration(results: list[dict]) -> list[tuple[str, int, float, float]]:
+    """(confidence bin, verdicts in it, their mean confidence, share right): calibrated where the last two agree."""
+    judged = judged_verdicts(results)
     rows = []
-    for low, high in bins:
+    for low, high in CALIBRATION_BINS:
         inside = [r for r in judged if low <= r["confidence"] < high]
         if inside:
-            rows.append((f"{low:.1f}-{min(high, 1.0):.1f}", len(inside), sum(r["right"] for r in inside) / len(inside)))
+            rows.append((f"{low:.1f}-{min(high, 1.0):.1f}", len(inside),
+                         sum(r["confidence"] for r in inside) / len(inside),
+                         sum(r["right"] for r in inside) / len(inside)))
     return rows
+
+
+def calibration_scores(results: list[dict]) -> tuple[float, float] | None:
+    """(expected calibration error over CALIBRATION_BINS, Brier score) of the judged verdicts; None without any.
+    Both are 0 for a perfect forecaster; always saying 0.5 scores a Brier of 0.25."""
+    judged = judged_verdicts(results)
+    if not judged:
+        return None
+    error = sum(n * abs(mean - right) for _, n, mean, right in calibration(results)) / len(judged)
+    brier = sum((r["confidence"] - r["right"]) ** 2 for r in judged) / len(judged)
+    return error, brier
 
 
 def _truth_cell(r: dict) -> str:
@@ -461,8 +530,11 @@ def calibration_table(results: list[dict]) -> str:
     rows = calibration(results)
     if not rows:
         return "no verdicts with a clear truth"
-    return "\n".join(["| confidence | verdicts | right |", "|---|---|---|",
-                      *(f"| {b} | {n} | {right:.0%} |" for b, n, right in rows)])
+    error, brier = calibration_scores(results)
+    return "\n".join(["| confidence | verdicts | mean confidence | right |", "|---|---|---|---|",
+                      *(f"| {b} | {n} | {mean:.2f} | {right:.0%} |" for b, n, mean, right in rows), "",
+                      (f"Expected calibration error {error:.3f}, Brier score {brier:.3f} over "
+                       f"{len(judged_verdicts(results))} verdicts.")])
 
 
 def markdown(results: list[dict], context: dict) -> str:

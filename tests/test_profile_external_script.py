@@ -47,8 +47,23 @@ def test_calibration_bins_verdicts_and_leaves_out_unknown_and_unclear(pe):
                {"right": True, "primary": "data_loading", "confidence": 0.6},
                {"right": True, "primary": "unknown", "confidence": 0.0},
                {"right": None, "primary": "compute", "confidence": 0.3}]
-    assert pe.calibration(results) == [("0.5-0.8", 1, 1.0), ("0.9-1.0", 2, 0.5)]
-    assert "| 0.9-1.0 | 2 | 50% |" in pe.calibration_table(results)
+    assert pe.calibration(results) == [("0.5-0.7", 1, 0.6, 1.0), ("0.9-1.0", 2, pytest.approx(0.935), 0.5)]
+    table = pe.calibration_table(results)
+    assert "| 0.9-1.0 | 2 | 0.94 | 50% |" in table
+    error, brier = pe.calibration_scores(results)
+    assert error == pytest.approx((1 * 0.4 + 2 * 0.435) / 3)
+    assert brier == pytest.approx((0.05 ** 2 + 0.92 ** 2 + 0.4 ** 2) / 3)
+    assert f"Expected calibration error {error:.3f}" in table
+
+
+def test_a_balanced_case_is_judged_by_the_larger_side_and_a_near_tie_is_unclear(pe):
+    case = pe.Case("b", "", "src", balanced=True)
+    data = pe.judge(case, report("data_loading"), {"data_wait": 5.6, "data_cpu": 5.6, "wall": 10.0, "steps": 9})
+    compute = pe.judge(case, report("data_loading"), {"data_wait": 4.5, "data_cpu": 4.5, "wall": 10.0, "steps": 9})
+    tie = pe.judge(case, report("compute"), {"data_wait": 5.1, "data_cpu": 5.1, "wall": 10.0, "steps": 9})
+    assert (data["expected"], data["right"]) == ("data_loading", True)
+    assert (compute["expected"], compute["right"]) == ("compute", False)
+    assert (tie["expected"], tie["right"]) == (None, None)
 
 
 def test_totals_count_kept_slower_tries_and_missing_reports_as_wrong(pe):
