@@ -27,8 +27,10 @@ from helpers import (
 from servers import free_port
 
 from perfwatch.cli import cli
+from perfwatch.publish.build import check_commit_url
 from perfwatch.regress import ci_report
 from perfwatch.regress.compare import Comparison, compare_runs
+from perfwatch.store import DEFAULT_STORE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -283,3 +285,31 @@ def test_the_example_workflow_runs_real_ci_options():
     uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
     assert uploads and uploads[0]["with"]["path"] == "reports/" and uploads[0]["if"] == "always()"
     assert any("junit.xml" in str(s.get("with", {}).get("report_paths")) for s in steps)
+
+
+def test_the_example_workflow_publishes_main_s_history_from_a_store_kept_between_jobs():
+    """Item 6 of the site issue: pushes to main keep the store (actions/cache), publish it and deploy it."""
+    workflow = yaml.safe_load((REPO / ".github/workflows/perfwatch.yml").read_text())
+    job = workflow["jobs"]["benchmarks"]
+    steps = job["steps"]
+    store = job["env"]["PERFWATCH_STORE"]
+    default = store.split("||")[1].strip(" }'")
+    assert default == DEFAULT_STORE
+    path = default.removeprefix("sqlite:///")
+    named = {s.get("uses", "").split("@")[0]: (i, s) for i, s in enumerate(steps)}
+    restore, save = named["actions/cache/restore"], named["actions/cache/save"]
+    gate = next(i for i, s in enumerate(steps) if s.get("run") == "perfwatch ci --against HEAD^")
+    assert restore[0] < gate < save[0], "restored before the run is stored, saved after"
+    assert restore[1]["with"]["path"] == save[1]["with"]["path"] == path
+    assert restore[1]["with"]["restore-keys"] == "perfwatch-store-" and save[1]["with"]["key"].startswith("perfwatch-store-")
+    assert save[1]["if"] == "always() && github.event_name == 'push'"
+    (publish,) = [s for s in steps if s.get("run", "").startswith("perfwatch publish")]
+    command = shlex.split(publish["run"].replace("${{ github.repository }}", "ORG/REPO"))
+    context = cli.commands["publish"].make_context("publish", command[2:])
+    check_commit_url(context.params["commit_url"])
+    upload = named["actions/upload-pages-artifact"][1]
+    assert upload["with"]["path"] == str(context.params["out"]) and publish["if"] == upload["if"]
+    deploy = workflow["jobs"]["site"]
+    assert deploy["needs"] == "benchmarks" and deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["steps"][-1]["uses"].startswith("actions/deploy-pages@")
+    assert "push" in deploy["if"] and "!cancelled()" in deploy["if"], "the site shows a failed gate too"
