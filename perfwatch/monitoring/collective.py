@@ -25,12 +25,20 @@ later steps, never synchronized.
 
 DDP keeps a comm hook for the model's lifetime: after ``stop()`` it only forwards. A failure
 in the accounting steps aside with one warning; the all-reduce itself is never touched.
+
+``Injected`` is the zero-code side (``perfwatch monitor -- torchrun ...``, ``perfwatch profile``;
+driven by monitoring.step_timing): it wraps DDP's constructor so that the first DDP model the
+script runs a forward of gets the hook, and reports its totals with the rank and host.
+
 This module runs in the training process and imports torch only in ``install``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
 import threading
 import time
 import weakref
@@ -286,3 +294,74 @@ def install(model: Any, clock: Callable[[], float] = time.perf_counter) -> Colle
 def _keep_theirs(what: str) -> None:
     log.warning("perfwatch: the DDP model already has a communication hook (%s); keeping it, so collective "
                 "timing (perfwatch_train_collective_wait_seconds_total and friends) is unavailable", what)
+
+
+class Injected:
+    """Collective timing for a script that does not ask for it: the hook goes on the first
+    DistributedDataParallel model to run a forward, just before that forward.
+
+    Not at construction: a script registers a comm hook of its own after constructing the model
+    (DDP takes one, before training), and ours in its place would make that call raise. At the
+    first forward the script's hook, if any, is there to be seen and kept (one warning). Only the
+    first model is timed: two models' all-reduces (a GAN's) would split one step's work between
+    them. ``times_itself()`` (the script uses perfwatch itself) leaves the timing to the script.
+    The constructor runs untouched; anything else that fails steps aside with one warning.
+    """
+
+    def __init__(self, times_itself: Callable[[], bool]) -> None:
+        self._times_itself = times_itself
+        self.timing: CollectiveTiming | None = None
+        self._decided = False
+        self.rank = os.environ.get("RANK")
+        self.host = socket.gethostname()
+
+    def install(self, torch: Any) -> None:
+        """Wrap ``DistributedDataParallel.__init__``, right after the script imported torch."""
+        self._guarded(self._wrap_constructor, torch)
+
+    def _wrap_constructor(self, torch: Any) -> None:
+        ddp = getattr(getattr(torch.nn, "parallel", None), "DistributedDataParallel", None)
+        if ddp is None:  # a torch built without distributed: nothing to time
+            return
+        original = ddp.__init__
+        injected = self
+
+        @functools.wraps(original)  # inspect.signature(DistributedDataParallel) stays DDP's own
+        def __init__(model: Any, *args: Any, **kwargs: Any) -> None:
+            original(model, *args, **kwargs)
+            if not injected._decided:
+                injected._guarded(injected._watch, model)
+
+        ddp.__init__ = __init__
+
+    def _watch(self, model: Any) -> None:
+        handle = None
+
+        def first_forward(module: Any, args: Any) -> None:
+            handle.remove()
+            self._guarded(self._adopt, module)
+
+        handle = model.register_forward_pre_hook(first_forward)
+
+    def _adopt(self, model: Any) -> None:
+        if self._decided:
+            return
+        self._decided = True
+        if not self._times_itself():
+            self.timing = install(model)  # a comm hook of the script's own: kept, one warning
+
+    def _guarded(self, fn: Callable[[Any], None], arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception:  # whatever fails here must not reach the training
+            self._decided = True
+            log.warning("perfwatch: collective timing failed and is off for this process; training goes on",
+                        exc_info=True)
+
+    def facts(self) -> dict[str, Any]:
+        """What the published summaries carry: this rank's totals, its rank and host; {} when untimed."""
+        if self.timing is None:
+            return {}
+        totals = self.timing.totals()
+        return {"collective": {"rank": self.rank or "0", "host": self.host, "steps": totals.steps,
+                               "work_seconds": totals.work_seconds, "wait_seconds": totals.wait_seconds}}

@@ -22,7 +22,7 @@ from perfwatch.errors import UserError
 from perfwatch.instrument import StepTimer
 from perfwatch.launch import ForwardedSignals, exit_code, launch
 from perfwatch.monitoring import collective
-from perfwatch.monitoring.collective_metrics import CollectiveMetrics
+from perfwatch.monitoring.collective_metrics import CollectiveMetrics, PublishedCollective
 from perfwatch.monitoring.collector import Collector
 from perfwatch.monitoring.metrics import STEP_BUCKETS, PerfwatchMetrics, PublishedTraining, TrainingMetrics
 from perfwatch.monitoring.serve import PUSH_INTERVAL_S, Exporter
@@ -162,6 +162,8 @@ def serve(
     Call from the main thread (it installs signal handlers). ``say`` gets status lines.
     A launched command's steps are timed without code changes (monitoring.step_timing) and
     exported as ``perfwatch_train_*``; when none were measured, ``say`` tells so at its end.
+    Under torchrun each rank's gradient all-reduces are timed too (its first DDP model's), and
+    exported here per rank, labelled rank and host, as ``perfwatch.monitor(model=...)`` does.
     """
     if pid is not None and command:
         raise UserError("give a PID to watch or a command to launch, not both", setting="pid")
@@ -181,6 +183,7 @@ def serve(
             if command:
                 signals.child = child = launch(command, _timed_env(Path(scratch.name)))
                 metrics.training = PublishedTraining(Path(scratch.name) / "steps")
+                exporter.registry.register(PublishedCollective(Path(scratch.name) / "steps"))  # DDP ranks
                 metrics.collector = collector = Collector(child.pid, interval=interval, uss_interval=uss_interval)
             collector.start()
             if command:

@@ -14,7 +14,11 @@ into ``$PERFWATCH_STEP_DIR``, for the parent to export as ``perfwatch_train_*``
 Both also carry what only the training process knows (``channel.injected_facts``): which
 phases were timed exactly, the PIDs of the worker processes its DataLoader iterators started
 (``_MultiProcessingDataLoaderIter._workers``: ``profile`` counts only those as workers), and
-the dtype and device of the parameters the optimizer steps (whether bf16 autocast can help).
+the dtype and device of the parameters the optimizer steps (whether bf16 autocast can help),
+and, under DDP, the rank's collective timing (``collective.Injected``: the comm hook that
+``perfwatch.monitor(model=...)`` installs, put on the script's first DistributedDataParallel
+model): its work and wait totals with its rank and host, which ``monitor`` exports per rank
+(``collective_metrics.PublishedCollective``).
 
 For ``perfwatch profile --try`` the same hook also sets DataLoader arguments (``$PERFWATCH_LOADER_KNOBS``,
 JSON) in every DataLoader the script constructs, through the constructor, and notes when the run is
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from perfwatch.channel import INJECTED_SOURCE, publish_now, publish_timer
+from perfwatch.monitoring.collective import Injected
 from perfwatch.store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -186,11 +191,13 @@ class _StepTiming:
         self.mark_after = float(raw_mark) if raw_mark else None
         self.first_unix: float | None = None
         self.mark: tuple[int, float] | None = None  # (steps, unix time) at the end of the warm-up
+        self.collective = Injected(self._times_itself)
 
     def install(self, torch: Any) -> None:
         import torch.optim.optimizer as optim
         from torch.utils import data
 
+        self.collective.install(torch)  # steps aside by itself: the step timing goes on without it
         if self.knobs:
             self._set_knobs(data.DataLoader)
         self._patch_loader(data.DataLoader)
@@ -265,11 +272,13 @@ class _StepTiming:
         exact = (["data_wait"] if self.loader_batches else []) + (
             ["optimizer"] if self.optimizer_steps and not self.closure_steps else [])
         facts = {"exact_phases": exact, "dataloader_worker_pids": sorted(self.worker_pids),
-                 "closure_steps": self.closure_steps, "model": self.model or None}
+                 "closure_steps": self.closure_steps, "model": self.model or None,
+                 "rank": self.collective.rank}  # torchrun's RANK (None outside torchrun): whose steps these are
         if self.knobs:
             facts["loader_knobs"] = {"knobs": self.knobs, "loaders": self.knobbed}
         if self.mark is not None:
             facts.update(mark_steps=self.mark[0], mark_unix=self.mark[1])
+        facts.update(self.collective.facts())
         return facts
 
     def _republish(self) -> None:
@@ -283,7 +292,7 @@ class _StepTiming:
         """Create the StepTimer on the first event; step aside when the script uses perfwatch itself."""
         if self.timer is not None:
             return True
-        if "perfwatch.instrument" in sys.modules:  # the script times itself (StepTimer, perfwatch.monitor())
+        if self._times_itself():
             self.off = True
             return False
         from perfwatch.instrument import StepTimer, batch_size
@@ -302,6 +311,10 @@ class _StepTiming:
         if self.worker_pids:  # known before the first batch: say so now, not 10 s from now
             self._republish()
         return True
+
+    def _times_itself(self) -> bool:
+        """The script uses perfwatch itself (StepTimer, perfwatch.monitor()), before this timing started."""
+        return self.timer is None and "perfwatch.instrument" in sys.modules
 
     def _begin_batch(self) -> bool:
         if not self._start():
