@@ -228,3 +228,30 @@ def test_monitor_says_so_when_a_script_has_no_steps_to_measure(tmp_path):
                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("no training steps were measured") == 1
+
+
+def test_a_torchrun_jobs_ranks_are_exported_apart_with_ddps_wait_in_backward(tmp_path):
+    """What two ranks published (literal summaries, as step_timing writes them): one series per rank, and
+    the all-reduce wait that the rank's collective timing measured counted in backward, not in other."""
+    from perfwatch.monitoring.metrics import PublishedTraining
+
+    def summary(rank, other, wait):
+        return {"steps": 10, "samples": 80, "wall": 1.0, "bucket_bounds": list(STEP_BUCKETS),
+                "buckets": [10] + [0] * len(STEP_BUCKETS), "last_step_unix": 1.0e9,
+                "totals": {"data_wait": 0.2, "optimizer": 0.1, "other": other}, "rank": rank,
+                "collective": {"rank": rank, "host": "h", "steps": 9, "work_seconds": 0.6, "wait_seconds": wait}}
+
+    for rank, other, wait in (("0", 0.7, 0.3), ("1", 0.7, 0.05)):
+        (tmp_path / f"steptimer-{rank}.json").write_text(json.dumps(summary(rank, other, wait)))
+    (tmp_path / "steptimer-9.json").write_text(json.dumps({"steps": 4, "wall": 0.5, "totals": {"other": 0.5}}))
+    found = {(s.name, frozenset(s.labels.items())): s.value
+             for family in PublishedTraining(tmp_path).families() if family for s in family.samples}
+
+    def phase(rank, name):
+        return found[("perfwatch_train_phase_seconds_total", frozenset({"rank": rank, "phase": name}.items()))]
+
+    assert found[("perfwatch_train_steps_total", frozenset({"rank": "0"}.items()))] == 10 + 4  # outside torchrun: "0"
+    assert found[("perfwatch_train_steps_total", frozenset({"rank": "1"}.items()))] == 10
+    assert (phase("0", "backward"), phase("0", "other")) == (0.3, pytest.approx(0.4 + 0.5))
+    assert (phase("1", "backward"), phase("1", "other")) == (0.05, pytest.approx(0.65))
+    assert phase("1", "data_wait") == 0.2 and phase("1", "forward") == 0.0

@@ -11,12 +11,14 @@ Every metric is listed in docs/metrics.md; the names are a contract with grafana
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,8 @@ class TrainingMetrics:
             step_seconds, steps, samples = self._step_seconds, self._steps, self._samples
             phase_seconds = dict(self._phase_seconds)
             last_step_time = self._last_step_time
-        yield from _step_families(self.rank, buckets, step_seconds, steps, samples, phase_seconds, last_step_time)
+        yield from _step_families({self.rank: RankSteps(buckets, step_seconds, steps, samples, phase_seconds,
+                                                        last_step_time)})
         rank = [self.rank]
         yield _gauge("perfwatch_train_loss", "Loss last reported with log().", ["rank"],
                      [(rank, self._read("loss", self._loss))])
@@ -144,31 +147,51 @@ class TrainingMetrics:
             return None
 
 
-def _step_families(rank: str, buckets: Sequence[int], step_seconds: float, steps: int, samples: int,
-                   phase_seconds: Mapping[str, float], last_step_time: float | None) -> Iterator[Metric | None]:
+@dataclasses.dataclass
+class RankSteps:
+    """One rank's step counters, as the step families export them."""
+
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1))
+    step_seconds: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    phase_seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    last_step_time: float | None = None
+
+
+def _step_families(ranks: Mapping[str, RankSteps]) -> Iterator[Metric | None]:
     """The step families, the same whether a StepTimer in this process or a launched script's
-    injected timing (``PublishedTraining``) counted the steps."""
-    cumulative, running = [], 0
-    for bound, count in zip((*map(str, STEP_BUCKETS), "+Inf"), buckets):
-        running += count
-        cumulative.append((bound, running))
+    injected timing (``PublishedTraining``, one series per rank of a torchrun job) counted the steps."""
     histogram = HistogramMetricFamily(
         "perfwatch_train_step_duration_seconds", "Wall time of a training step (StepTimer).", labels=["rank"]
     )
-    histogram.add_metric([rank], cumulative, sum_value=step_seconds)
+    for rank, counted in ranks.items():
+        histogram.add_metric([rank], list(zip((*map(str, STEP_BUCKETS), "+Inf"), accumulate(counted.buckets))),
+                             sum_value=counted.step_seconds)
     yield histogram
     yield _counter("perfwatch_train_phase_seconds_total", "Time spent in each phase of the training steps.",
-                   ["rank", "phase"], (([rank, phase], seconds) for phase, seconds in phase_seconds.items()))
-    yield _counter("perfwatch_train_samples_total", "Samples trained on.", ["rank"], [([rank], samples)])
-    yield _counter("perfwatch_train_steps_total", "Training steps completed.", ["rank"], [([rank], steps)])
+                   ["rank", "phase"], (([rank, phase], seconds) for rank, counted in ranks.items()
+                                       for phase, seconds in counted.phase_seconds.items()))
+    yield _counter("perfwatch_train_samples_total", "Samples trained on.", ["rank"],
+                   [([rank], counted.samples) for rank, counted in ranks.items()])
+    yield _counter("perfwatch_train_steps_total", "Training steps completed.", ["rank"],
+                   [([rank], counted.steps) for rank, counted in ranks.items()])
     yield _gauge("perfwatch_train_last_step_timestamp_seconds", "Unix time when the last step completed.",
-                 ["rank"], [([rank], last_step_time)])
+                 ["rank"], [([rank], counted.last_step_time) for rank, counted in ranks.items()])
 
 
 class PublishedTraining:
     """The steps that ``perfwatch monitor``'s launched script published (zero-code step timing,
-    perfwatch.monitoring.step_timing), read at scrape time and summed over its processes.
-    Exported with ``rank`` as for a StepTimer; nothing while nothing is published."""
+    perfwatch.monitoring.step_timing), read at scrape time and summed per rank over its processes
+    (one rank ``rank`` outside torchrun; a restarted rank's processes add up). Exported with
+    ``rank`` as for a StepTimer; nothing while nothing is published.
+
+    Injected timing times data wait and the optimizer, not forward and backward, so DDP's wait at
+    the gradient all-reduce (spent inside ``loss.backward()``) would hide in ``other``, where it
+    evens out the ranks' steps. Where a rank's collective timing measured that wait and its
+    backward is untimed, the wait is exported as ``backward``, where it is spent: ``other`` then
+    holds the rank's own untimed compute, and the straggler rules, which take the wait out of
+    backward, can tell the slow rank's ``other`` from the median rank's."""
 
     def __init__(self, directory: Path, rank: str = "0") -> None:
         self.directory = directory
@@ -178,21 +201,26 @@ class PublishedTraining:
         return [s for s in read_published(self.directory) if s.get("steps")]
 
     def families(self) -> Iterator[Metric | None]:
-        summaries = self.published()
-        if not summaries:
-            return
-        buckets = [0] * (len(STEP_BUCKETS) + 1)
-        phase_seconds = dict.fromkeys(PHASES, 0.0)
-        for summary in summaries:
+        ranks: dict[str, RankSteps] = {}
+        for summary in self.published():
+            counted = ranks.setdefault(str(summary.get("rank") or self.rank), RankSteps())
             if tuple(summary.get("bucket_bounds", ())) == STEP_BUCKETS:
-                buckets = [a + b for a, b in zip(buckets, summary.get("buckets", ()))]
-            for phase, seconds in summary.get("totals", {}).items():
-                if phase in phase_seconds:
-                    phase_seconds[phase] += seconds
-        last = [s["last_step_unix"] for s in summaries if s.get("last_step_unix") is not None]
-        yield from _step_families(self.rank, buckets, sum(s.get("wall", 0.0) for s in summaries),
-                                  sum(s.get("steps", 0) for s in summaries), sum(s.get("samples", 0) for s in summaries),
-                                  phase_seconds, max(last) if last else None)
+                counted.buckets = [a + b for a, b in zip(counted.buckets, summary.get("buckets", ()))]
+            totals = {phase: seconds for phase, seconds in summary.get("totals", {}).items() if phase in PHASES}
+            wait = (summary.get("collective") or {}).get("wait_seconds") or 0.0
+            if wait > 0 and not totals.get("backward"):
+                totals["backward"] = min(wait, totals.get("other", 0.0))
+                totals["other"] = totals.get("other", 0.0) - totals["backward"]
+            for phase, seconds in totals.items():
+                counted.phase_seconds[phase] += seconds
+            counted.step_seconds += summary.get("wall", 0.0)
+            counted.steps += summary.get("steps", 0)
+            counted.samples += summary.get("samples", 0)
+            last = summary.get("last_step_unix")
+            if last is not None:
+                counted.last_step_time = max(last, counted.last_step_time or last)
+        if ranks:
+            yield from _step_families(ranks)
 
 
 # ---------------------------------------------------------------- snapshots
