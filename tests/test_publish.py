@@ -92,7 +92,8 @@ def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail("chromium is not installed, and CI must run the browser tests (.ci/run installs Debian's chromium)")
+            pytest.fail("chromium is not installed, and CI must run the browser tests "
+                        "(.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs these tests")
     return path
 
@@ -165,7 +166,8 @@ def point_position(page, trace: int, index: int) -> list[float]:
 
 def visible_rows(page) -> list[list[str]]:
     return page.eval_on_selector_all("#summary tbody tr:not([hidden])",
-                                     "rows => rows.map(r => [...r.cells].slice(0, 3).map(c => c.querySelector('a, span')"
+                                     "rows => rows.map(r => [...r.cells].slice(0, 3)"
+                                     ".map(c => c.querySelector('a, span')"
                                      " ? (c.querySelector('a') || c).textContent : c.textContent))")
 
 
@@ -174,7 +176,8 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
     visit = Visit(browser)
     try:
         summary = visit.open(site / "index.html")
-        names = summary.eval_on_selector_all("#summary tbody tr td:first-child > a", "links => links.map(a => a.textContent)")
+        names = summary.eval_on_selector_all("#summary tbody tr td:first-child > a",
+                                             "links => links.map(a => a.textContent)")
         expected = ["loader.time_batch(workers=2)", "loader.time_batch(workers=4)", "loader.track_samples_per_s",
                     "training.peakmem_step"]
         assert sorted(names) == sorted(expected * 2)  # every benchmark, once per machine
@@ -206,7 +209,8 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
         assert points == {"ci-1 (0123456789ab) · workers=2": 20, "gpu-box (fedcba987654) · workers=2": 10,
                           "ci-1 (0123456789ab) · workers=4": 20, "gpu-box (fedcba987654) · workers=4": 10}
         assert all(len(set(t["x"])) == len(t["x"]) for t in traces)  # one point per commit
-        assert traces[0]["y"][0] == pytest.approx(0.01, rel=0.01) and traces[0]["y"][-1] == pytest.approx(0.0125, rel=0.01)
+        assert traces[0]["y"][0] == pytest.approx(0.01, rel=0.01)
+        assert traces[0]["y"][-1] == pytest.approx(0.0125, rel=0.01)
         assert bench_page.locator("#steps tbody tr").count() == 1
         assert "+25.0% worse" in bench_page.inner_text("#steps")
         assert bench_page.locator(".annotation-text", has_text="+25.0% worse").count() == 1  # marked on the chart
@@ -223,7 +227,7 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
 
         with visit.context.expect_page() as popup:
             bench_page.mouse.click(*where)
-        assert popup.value.url == COMMIT_URL.format(commit=COMMITS[3])  # the commit opens (answered by the test: offline)
+        assert popup.value.url == COMMIT_URL.format(commit=COMMITS[3])  # the commit opens (the test answers: offline)
         assert COMMITS[3][:10] in bench_page.inner_text("#picked")
         assert visit.outside() == [COMMIT_URL.format(commit=COMMITS[3])]
         popup.value.close()
@@ -238,7 +242,8 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
 
         regressions = visit.open(site / "regressions.html")
         rows = regressions.locator("#regressions tbody tr")
-        assert rows.count() == 1 and "loader.time_batch(workers=2)" in rows.inner_text() and "+25.0%" in rows.inner_text()
+        assert rows.count() == 1
+        assert "loader.time_batch(workers=2)" in rows.inner_text() and "+25.0%" in rows.inner_text()
         shoot(regressions, "publish-regressions.png", tmp_path)
         machines = visit.open(site / "machines.html")
         assert machines.locator("section.machine h2").all_inner_texts() == ["ci-1 (0123456789ab)",
@@ -255,7 +260,8 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
     atom = "{http://www.w3.org/2005/Atom}"
     entries = feed.findall(f"{atom}entry")
     assert len(entries) == 1
-    assert entries[0].find(f"{atom}title").text.startswith("loader.time_batch(workers=2) on ci-1 (0123456789ab): +25.0%")
+    title = entries[0].find(f"{atom}title").text
+    assert title.startswith("loader.time_batch(workers=2) on ci-1 (0123456789ab): +25.0%")
     assert entries[0].find(f"{atom}link").get("href") == "benchmarks/loader.time_batch.html"
 
 
@@ -306,7 +312,8 @@ def test_a_second_publish_writes_only_what_changed_and_leaves_files_it_did_not_w
     again = publish(tmp_path, "--store", "store", "--out", "site")
     assert again.returncode == 0 and "0 files written" in again.stdout, again.stdout + again.stderr
     manifest = json.loads((site / ".perfwatch-site.json").read_text())["files"]
-    assert "NOTES.txt" not in manifest and "plotly.min.js" in manifest and "benchmarks/training.peakmem_step.html" in manifest
+    assert "NOTES.txt" not in manifest and "plotly.min.js" in manifest
+    assert "benchmarks/training.peakmem_step.html" in manifest
 
     smaller = [RunRecord(r.run_id, r.created, r.suite, r.env, [b for b in r.benchmarks if "peakmem" not in b.name])
                for r in history_runs()]

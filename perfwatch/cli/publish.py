@@ -18,31 +18,34 @@ from perfwatch.cli.app import out as console
               help="The site's directory (default: reports/site); files perfwatch did not write are left alone.")
 @click.option("--commit-url", metavar="TEMPLATE",
               help="Where a commit's page is, with {commit} for its hash, e.g. https://github.com/ORG/REPO/commit/{commit}.")
+@click.option("--full", is_flag=True, help="Compute every page again instead of building on the last publish's cache.")
 @click.pass_context
-def publish(ctx: click.Context, results_dir: Path | None, out: Path | None, commit_url: str | None) -> None:
+def publish(ctx: click.Context, results_dir: Path | None, out: Path | None, commit_url: str | None, full: bool) -> None:
     """Write a static site of every benchmark's history in the store.
 
     A summary of every benchmark (latest value, its verdict against the previous commit, change points,
     a sparkline), a page per benchmark with one series per machine and parameter combination, the
     regressions with an Atom feed (regressions.xml), and the machines. plotly.js is bundled: the site
-    loads nothing from outside itself. Publishing again rewrites only the files that changed.
+    loads nothing from outside itself. Publishing again reads and computes only the benchmarks that new
+    runs touched (the rest comes from the cache the last publish left in the site), and rewrites only
+    the files that changed.
     """
     from perfwatch.publish import DEFAULT_SITE_DIR  # plotly loads only for this command
     from perfwatch.publish import publish as publish_site
-    from perfwatch.regress.history import git_positions
 
     out = out or DEFAULT_SITE_DIR
     store = store_of(ctx, results_dir)
-    runs = list(store.runs())
-    done = publish_site(runs, out, source=str(store.root), thresholds=config_of(ctx).thresholds,
-                        positions=git_positions(runs, Path.cwd()), commit_url=commit_url)
+    done = publish_site(store, out, thresholds=config_of(ctx).thresholds, repo=Path.cwd(), commit_url=commit_url,
+                        full=full)
     for note in done.data.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for name in done.files.kept:
         err.print(f"[yellow]note:[/] {escape(str(out / name))} is no longer part of the site but was edited "
                   "since perfwatch wrote it; left in place", soft_wrap=True)
     files = done.files
-    console.print(f"published {len(done.data.summary['rows'])} benchmark series ({len(done.data.pages)} pages) "
-                  f"from {len(runs)} runs of {escape(str(store.root))}: {len(files.written)} files written, "
-                  f"{len(files.unchanged)} unchanged, {len(files.removed)} removed; open "
+    how = (f"{done.recomputed} recomputed, {done.reused} reused from the cache" if done.rebuilt is None
+           else f"all computed: {escape(done.rebuilt)}")
+    console.print(f"published {len(done.data.summary['rows'])} benchmark series ({done.recomputed + done.reused} "
+                  f"pages: {how}) from {done.runs} runs of {escape(str(store.root))}: {len(files.written)} files "
+                  f"written, {len(files.unchanged)} unchanged, {len(files.removed)} removed; open "
                   f"{escape(str(out / 'index.html'))}", soft_wrap=True)

@@ -1,4 +1,6 @@
-"""The site's files from the store's runs: the pages, plotly.js bundled once, the feed, and how it went."""
+"""The site's files from the store's runs: the pages, plotly.js bundled once, the feed, the publish cache, and how
+it went. With a cache of the same key (cache.py), only the benchmark pages that new runs touch are computed and
+rendered again (incremental.py); the rest of the site is made from the cache, and is what a full publish makes."""
 
 from __future__ import annotations
 
@@ -7,13 +9,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from perfwatch.errors import UserError
 from perfwatch.publish import feed, templates
-from perfwatch.publish.data import SiteData, site_data
-from perfwatch.publish.site import Written, write_site
-from perfwatch.results import RunRecord
-from perfwatch.thresholds import Thresholds
+from perfwatch.publish.cache import CACHE, Cache, cache_key, read_cache
+from perfwatch.publish.data import SiteData, benchmark_pages, machines_seen, site_of
+from perfwatch.publish.incremental import Rebuild, in_order, update
+from perfwatch.publish.site import Written, digest, intact, write_site
+from perfwatch.regress.history import git_positions
+from perfwatch.store.base import RunStore
+from perfwatch.thresholds import Thresholds, parse_thresholds
 
 DEFAULT_SITE_DIR = Path("reports/site")
 STATIC = ("site.js", "site.css")
@@ -21,11 +27,31 @@ STATIC = ("site.js", "site.css")
 
 @dataclass(frozen=True)
 class Published:
-    """A publish: the data shown, and what happened to the files."""
+    """A publish: the data shown, what happened to the files, how many benchmark pages were computed and how many
+    kept from the cache, and why the site was built from scratch (None when the cache was built on)."""
 
     data: SiteData
     files: Written
     out: Path
+    runs: int
+    recomputed: int
+    reused: int
+    rebuilt: str | None
+
+
+@dataclass(frozen=True)
+class State:
+    """What a site is made of: the runs' ids, their commits (in git order when ``git``), the machines, each
+    benchmark page's part of the site-wide pages (by stem), the pages computed now, and the digest of each page
+    kept as it is."""
+
+    ids: list[str]
+    commits: list[str]
+    git: bool
+    machines: dict[str, dict[str, Any]]
+    parts: dict[str, dict[str, Any]]
+    pages: dict[str, dict[str, Any]]
+    reused: dict[str, str]
 
 
 def check_commit_url(template: str | None) -> None:
@@ -44,8 +70,12 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
+def page_file(stem: str) -> str:
+    return f"benchmarks/{stem}.html"
+
+
 def site_files(data: SiteData, commit_url: str | None, feed_id: str) -> dict[str, str]:
-    """Relative path -> text of every file of the site."""
+    """Relative path -> text of every file of the site but the benchmark pages not in ``data.pages``."""
     shared = {"commit_url": commit_url}
     files = {"index.html": templates.page("summary", "Benchmarks", {**data.summary, **shared}),
              "regressions.html": templates.page("regressions", "Regressions", {"rows": data.regressions, **shared}),
@@ -55,16 +85,58 @@ def site_files(data: SiteData, commit_url: str | None, feed_id: str) -> dict[str
     for name in STATIC:
         files[name] = resources.files("perfwatch.publish").joinpath("static", name).read_text(encoding="utf-8")
     for stem, page in data.pages.items():
-        files[f"benchmarks/{stem}.html"] = templates.page("benchmark", page["name"], {**page, **shared}, root="../",
-                                                          charts=True)
+        files[page_file(stem)] = templates.page("benchmark", page["name"], {**page, **shared}, root="../", charts=True)
     return files
 
 
-def publish(runs: list[RunRecord], out: Path = DEFAULT_SITE_DIR, *, source: str = "the store",
-            thresholds: Thresholds | Mapping[str, object] | None = None, positions: Mapping[str, int] | None = None,
-            commit_url: str | None = None) -> Published:
-    """Write the site of ``runs`` (oldest first) into ``out``; ``source`` names the store (and the feed's id)."""
+def from_scratch(store: RunStore, limits: Thresholds, repo: Path | None) -> State:
+    """Every page from every run of the store."""
+    runs = list(store.runs())
+    positions = git_positions(runs, repo)
+    pages = benchmark_pages(runs, limits, positions)
+    commits = in_order({c for run in runs if (c := run.env.get("git_commit"))}, positions)
+    return State([run.run_id for run in runs], commits, positions is not None, machines_seen(runs),
+                 {stem: page.part for stem, page in pages.items()}, {stem: page.data for stem, page in pages.items()},
+                 {})
+
+
+def built_on(store: RunStore, cache: Cache, out: Path, limits: Thresholds, repo: Path | None) -> State:
+    """The cache's site with the runs stored since: the pages they touch computed again, the others kept (those
+    whose file is still as written; any other is computed again too)."""
+    files = {stem: page_file(stem) for stem in cache.parts}
+    found = intact(out, files.values())
+    intact_pages = {stem: found[name] for stem, name in files.items() if found.get(name) == cache.parts[stem]["digest"]}
+    changed = update(store, cache, [stem for stem in cache.parts if stem not in intact_pages], limits, repo)
+    reused = {stem: sha for stem, sha in intact_pages.items() if stem not in changed.pages}
+    parts = {stem: cache.parts[stem] for stem in reused} | {stem: page.part for stem, page in changed.pages.items()}
+    return State([*cache.ids, *(run.run_id for run in changed.new)], changed.commits, cache.git,
+                 machines_seen(changed.new, cache.machines), parts,
+                 {stem: page.data for stem, page in changed.pages.items()}, reused)
+
+
+def publish(store: RunStore, out: Path = DEFAULT_SITE_DIR, *,
+            thresholds: Thresholds | Mapping[str, object] | None = None, repo: Path | None = None,
+            commit_url: str | None = None, full: bool = False) -> Published:
+    """Write the site of ``store``'s runs into ``out``, building on the cache there unless ``full``; ``repo`` is
+    the repository whose git order orders the commits (none: their times)."""
     check_commit_url(commit_url)
-    data = site_data(runs, thresholds, positions, source)
-    feed_id = uuid.uuid5(uuid.NAMESPACE_URL, f"perfwatch-site:{source}").urn
-    return Published(data, write_site(out, site_files(data, commit_url, feed_id)), out)
+    limits = thresholds if isinstance(thresholds, Thresholds) else parse_thresholds(thresholds)
+    source = str(store.root)
+    key = cache_key(store.identity, source, limits, commit_url)
+    cache, rebuilt = (None, "asked for") if full else read_cache(out, key)
+    state = None
+    if cache is not None:
+        try:
+            state = built_on(store, cache, out, limits, repo)
+            rebuilt = None
+        except Rebuild as exc:
+            rebuilt = str(exc)
+    state = state or from_scratch(store, limits, repo)
+    data = site_of(state.parts, state.machines, len(state.ids), source, state.pages)
+    files = site_files(data, commit_url, uuid.uuid5(uuid.NAMESPACE_URL, f"perfwatch-site:{source}").urn)
+    digests = {**state.reused, **{stem: digest(files[page_file(stem)]) for stem in state.pages}}
+    cache = Cache(key, state.ids, state.commits, state.git, state.machines,
+                  {stem: {**part, "digest": digests[stem]} for stem, part in state.parts.items()})
+    files[CACHE] = cache.text()
+    written = write_site(out, files, {page_file(stem): sha for stem, sha in state.reused.items()})
+    return Published(data, written, out, len(state.ids), len(state.pages), len(state.reused), rebuilt)

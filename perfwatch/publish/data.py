@@ -22,7 +22,7 @@ from perfwatch.regress.compare import compare_samples
 from perfwatch.regress.history import History, RunPoint, analyze, commit_order
 from perfwatch.results import RunRecord
 from perfwatch.store.base import machine_of
-from perfwatch.thresholds import Thresholds, parse_thresholds
+from perfwatch.thresholds import Thresholds
 
 SPARK_POINTS = 60  # the newest points a summary row's sparkline draws
 REGRESSED_FIRST = {"regressed": 0, "failed": 1, "too-noisy": 2}  # summary order; the rest after, by name
@@ -33,8 +33,9 @@ FINGERPRINT = ("host", "machine_id", "os", "arch", "cpu", "cpu_cores_logical", "
 
 @dataclass(frozen=True)
 class SiteData:
-    """What the pages show: ``pages`` maps a benchmark page's file stem to its data; ``notes`` are what the
-    publisher should hear about (an empty store, a changed unit, a latest run that failed or has no samples)."""
+    """What the pages show: ``pages`` maps a benchmark page's file stem to its data (every page, or on a
+    re-publish those that new runs touched); ``notes`` are what the publisher should hear about (an empty store,
+    a changed unit, a latest run that failed or has no samples)."""
 
     summary: dict[str, Any]
     pages: dict[str, dict[str, Any]]
@@ -126,8 +127,9 @@ def latest_verdict(history: History, threshold: float) -> dict[str, Any]:
         return {"verdict": "new", "reason": "the first commit measured", "change": None}
     row = compare_samples(series.name, measured[-2].samples, last.samples, unit=series.unit,
                           higher_is_better=series.higher_is_better, threshold=threshold)
-    return {"verdict": row.verdict, "reason": row.reason, "change": number(row.ratio - 1), "worse_by": number(row.change),
-            "ci_low": number(row.ci_low), "ci_high": number(row.ci_high), "p": number(row.p_value)}
+    return {"verdict": row.verdict, "reason": row.reason, "change": number(row.ratio - 1),
+            "worse_by": number(row.change), "ci_low": number(row.ci_low), "ci_high": number(row.ci_high),
+            "p": number(row.p_value)}
 
 
 def distribution(history: History) -> dict[str, Any] | None:
@@ -182,42 +184,70 @@ def series_data(h: History, page: str, x_of: Mapping[str, int], threshold: float
     return trace, row
 
 
-def site_data(runs: list[RunRecord], thresholds: Thresholds | Mapping[str, object] | None = None,
-              positions: Mapping[str, int] | None = None, source: str = "the store") -> SiteData:
-    """Every page's data from ``runs`` (oldest first); ``positions`` as regress.history.git_positions gives them."""
-    limits = thresholds if isinstance(thresholds, Thresholds) else parse_thresholds(thresholds)
+@dataclass(frozen=True)
+class Page:
+    """A benchmark page: ``data`` is what the page itself shows, ``part`` its share of the site-wide pages
+    (``base``, its summary ``rows``, its ``regressions``, and ``problems`` as [name, machine id, notes] per
+    series), plain JSON so that the publish cache can keep it."""
+
+    data: dict[str, Any]
+    part: dict[str, Any]
+
+
+def benchmark_pages(runs: list[RunRecord], limits: Thresholds,
+                    positions: Mapping[str, int] | None = None) -> dict[str, Page]:
+    """Every benchmark page of ``runs`` (oldest first), by file stem. A page reads only its own benchmarks'
+    results and the runs' machines, so runs holding just its benchmarks (but every run) give the same page:
+    what lets a re-publish recompute only the pages that new runs touch."""
     runs, unit_notes = one_unit(runs)
     errors = latest_errors(runs)
-    problems = {key: [n for n in (unit_notes.get(key), errors.get(key)) if n] for key in {*unit_notes, *errors}}
+    problems: dict[str, list[list[Any]]] = {}
+    for name, machine in sorted({*unit_notes, *errors}):
+        notes = [n for n in (unit_notes.get((name, machine)), errors.get((name, machine))) if n]
+        problems.setdefault(base_and_params(name)[0], []).append([name, machine, notes])
     groups: dict[str, list[History]] = {}
     for h in analyze(runs, None, limits, positions):
         groups.setdefault(base_and_params(h.series.name)[0], []).append(h)
-    pages, rows, regressions = {}, [], []
+    pages = {}
     for base, group in groups.items():
         stem = page_stem(base)
+        noted = {(name, machine): notes for name, machine, notes in problems.get(base, [])}
         axis = commit_axis(group, positions)
         x_of = {axis_key(p): i for i, p in enumerate(axis)}
-        traces = []
+        traces, rows, regressions = [], [], []
         for h in group:
             series = h.series
-            notes = [n for n in (series.left_out,) if n] + problems.get((series.name, series.machine), [])
+            notes = [n for n in (series.left_out,) if n] + noted.get((series.name, series.machine), [])
             trace, row = series_data(h, f"benchmarks/{stem}.html", x_of, limits.for_name(series.name), notes)
             traces.append(trace)
             rows.append(row)
             regressions += [{"name": series.name, "page": row["page"], "machine": series.machine_label,
                              "unit": series.unit, **s} for s in trace["steps"] if s["worse"]]
-        pages[stem] = {"name": base, "traces": traces,
-                       "axis": [{"commit": p.commit, "run_id": p.run_id, "date": p.commit_time or p.created}
-                                for p in axis]}
+        data = {"name": base, "traces": traces,
+                "axis": [{"commit": p.commit, "run_id": p.run_id, "date": p.commit_time or p.created} for p in axis]}
+        pages[stem] = Page(data, {"base": base, "rows": rows, "regressions": regressions,
+                                  "problems": problems.get(base, [])})
+    return pages
+
+
+def site_of(parts: Mapping[str, Mapping[str, Any]], machines: Mapping[str, dict[str, Any]], runs: int,
+            source: str, pages: dict[str, dict[str, Any]]) -> SiteData:
+    """The site from every benchmark page's part (``parts``, by stem: taken in stem order, so that parts
+    computed now and parts kept from an earlier publish make the same site), the machines
+    (:func:`machines_seen`) and how many runs there are; ``pages`` are the benchmark pages computed now."""
+    rows, regressions, problems = [], [], []
+    for stem in sorted(parts):
+        rows += parts[stem]["rows"]
+        regressions += parts[stem]["regressions"]
+        problems += parts[stem]["problems"]
     rows.sort(key=lambda r: (REGRESSED_FIRST.get(r["verdict"], 3), not any(s["worse"] for s in r["steps"][-1:]),
                              r["name"], r["machine"]))
     regressions.sort(key=lambda r: r["date"] or "", reverse=True)
     empty = [] if runs else [f"{source} holds no runs yet: run `perfwatch run` and publish again"]
-    hosts = {machine_of(r.env): r.env.get("host") for r in runs}
-    said = [f"{name} on {hosts.get(machine) or machine}: {note}"
-            for (name, machine), notes in sorted(problems.items()) for note in notes]
-    summary = {"rows": rows, "runs": len(runs), "machines": len(hosts), "notes": empty}
-    return SiteData(summary, pages, regressions, machine_data(runs), empty + said)
+    said = [f"{name} on {machines.get(machine, {}).get('host') or machine}: {note}"
+            for name, machine, notes in sorted(problems) for note in notes]
+    summary = {"rows": rows, "runs": runs, "machines": len(machines), "notes": empty}
+    return SiteData(summary, pages, regressions, [machines[m] for m in sorted(machines)], empty + said)
 
 
 def fingerprint(env: Mapping[str, Any]) -> list[list[str]]:
@@ -233,15 +263,17 @@ def fingerprint(env: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
-def machine_data(runs: list[RunRecord]) -> list[dict[str, Any]]:
-    """Each machine with its latest run's fingerprint and medians (to set two machines side by side), how many
-    runs it has, and when they were made."""
-    machines: dict[str, dict[str, Any]] = {}
+def machines_seen(runs: Iterable[RunRecord], machines: Mapping[str, dict[str, Any]] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """Machine id -> its entry on the machines page: its latest run's fingerprint and medians (to set two
+    machines side by side), how many runs it has, and when they were made; ``machines`` as an earlier call
+    left them, for ``runs`` made after those (the publish cache adds new runs so)."""
+    seen = {machine: dict(entry) for machine, entry in (machines or {}).items()}
     for run in runs:
-        entry = machines.setdefault(machine_of(run.env), {"id": machine_of(run.env), "runs": 0, "first": run.created})
+        entry = seen.setdefault(machine_of(run.env), {"id": machine_of(run.env), "runs": 0, "first": run.created})
         entry.update(host=run.env.get("host"), runs=entry["runs"] + 1, last=run.created, latest_run=run.run_id,
                      fingerprint=fingerprint(run.env),
                      latest={b.name: {"median": number(stats.median(b.samples)), "unit": b.unit,
                                       "higher_is_better": b.higher_is_better, "status": b.status}
                              for b in run.benchmarks})
-    return sorted(machines.values(), key=lambda m: m["id"])
+    return seen

@@ -31,7 +31,8 @@ def page(kind: str, title: str, data: Any, root: str = "", charts: bool = False)
     """A page of ``kind`` (summary, benchmark, regressions, machines); ``root`` leads back to the site's top
     ("../" from benchmarks/), ``charts`` loads plotly.js."""
     nav = "".join(f'<a href="{root}{href}">{label}</a>' for href, label in NAV)
-    scripts = (f'<script src="{root}plotly.min.js"></script>' if charts else "") + f'<script src="{root}site.js"></script>'
+    scripts = ((f'<script src="{root}plotly.min.js"></script>' if charts else "")
+               + f'<script src="{root}site.js"></script>')
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
