@@ -299,14 +299,17 @@ def test_the_example_workflow_publishes_main_s_history_from_a_store_kept_between
     named = {s.get("uses", "").split("@")[0]: (i, s) for i, s in enumerate(steps)}
     restore, save = named["actions/cache/restore"], named["actions/cache/save"]
     gate = next(i for i, s in enumerate(steps) if s.get("run") == "perfwatch ci --against HEAD^")
-    assert restore[0] < gate < save[0], "restored before the run is stored, saved after"
-    assert restore[1]["with"]["path"] == save[1]["with"]["path"] == path
-    assert restore[1]["with"]["restore-keys"] == "perfwatch-store-" and save[1]["with"]["key"].startswith("perfwatch-store-")
-    assert save[1]["if"] == "always() && github.event_name == 'push'"
-    (publish,) = [s for s in steps if s.get("run", "").startswith("perfwatch publish")]
-    command = shlex.split(publish["run"].replace("${{ github.repository }}", "ORG/REPO"))
+    (publish,) = [(i, s) for i, s in enumerate(steps) if s.get("run", "").startswith("perfwatch publish")]
+    assert restore[0] < gate < publish[0] < save[0], "restored before the run is stored, saved after the publish"
+    command = shlex.split(publish[1]["run"].replace("${{ github.repository }}", "ORG/REPO"))
     context = cli.commands["publish"].make_context("publish", command[2:])
     check_commit_url(context.params["commit_url"])
+    kept = restore[1]["with"]["path"].split()
+    assert kept == save[1]["with"]["path"].split() == [path, str(context.params["out"])], \
+        "the store, and the site with its publish cache, so that a publish reads only the new run"
+    assert restore[1]["with"]["restore-keys"] == "perfwatch-store-" and save[1]["with"]["key"].startswith("perfwatch-store-")
+    assert save[1]["if"] == "always() && github.event_name == 'push'"
+    publish = publish[1]
     upload = named["actions/upload-pages-artifact"][1]
     assert upload["with"]["path"] == str(context.params["out"]) and publish["if"] == upload["if"]
     deploy = workflow["jobs"]["site"]
