@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -386,3 +387,46 @@ def test_a_run_without_samples_a_failure_and_a_changed_unit_are_notes_on_their_p
     rows = {r["name"]: r for r in page_data(site / "index.html")["rows"]}
     assert rows["a.time_x"]["verdict"] == "failed" and rows["a.time_x"]["latest"] is None
     assert rows["b.track_y"]["verdict"] == "insufficient"  # 3 samples a side can never reach p < 0.01
+
+
+def test_the_summary_sets_each_latest_commit_against_the_baseline_file_on_its_machine(tmp_path, browser):
+    """perfwatch-baseline.json (what `perfwatch baseline save` writes) in the directory: each series' latest
+    commit is also judged against it, unpaired as `perfwatch compare` judges it, and only on the baseline's
+    machine; a new baseline rebuilds the site, since every row depends on it."""
+    runs = history_runs()
+    baseline = run(M1, 0, [bench("loader.time_batch(workers=2)", samples(10)),
+                           bench("training.peakmem_step", [v * 2e8 for v in STEADY], unit="bytes")],
+                   run_id="20260220T130000Z-baseline")
+    (tmp_path / "perfwatch-baseline.json").write_text(json.dumps(baseline.to_dict()))
+    site = published(tmp_path, runs)
+    rows = {(r["name"], r["machine"].split()[0]): r["baseline"] for r in page_data(site / "index.html")["rows"]}
+    slower = rows["loader.time_batch(workers=2)", "ci-1"]
+    assert (slower["verdict"], slower["run_id"]) == ("regressed", baseline.run_id)
+    assert slower["change"] == pytest.approx(0.25, abs=0.02)
+    assert rows["training.peakmem_step", "ci-1"]["verdict"] == "regressed"  # 15% bigger in the latest commit
+    assert rows["loader.time_batch(workers=4)", "ci-1"] == {
+        "run_id": baseline.run_id, "change": None, "verdict": "none",
+        "reason": f"the baseline ({baseline.run_id}) has no result for it"}
+    assert rows["loader.time_batch(workers=2)", "gpu-box"]["verdict"] == "none"
+    assert "another machine" in rows["loader.time_batch(workers=2)", "gpu-box"]["reason"]
+
+    visit = Visit(browser)
+    try:
+        page = visit.open(site / "index.html")
+        headers = page.eval_on_selector_all("#summary thead th", "ths => ths.map(th => th.textContent)")
+        assert "vs baseline (unpaired)" in headers
+        column = headers.index("vs baseline (unpaired)")
+        cells = page.eval_on_selector_all(
+            "#summary tbody tr", f"trs => trs.map(tr => [tr.cells[0].textContent, tr.cells[2].textContent, "
+                                 f"tr.cells[{column}].textContent])")
+        shown = {(name, machine.split()[0]): text for name, machine, text in cells}
+        assert re.fullmatch(r"\+2[45]\.\d% regressed", shown["loader.time_batch(workers=2)", "ci-1"])
+        assert shown["loader.time_batch(workers=2)", "gpu-box"] == "not compared"
+        assert visit.console == [] and visit.outside() == []
+    finally:
+        visit.close()
+
+    (tmp_path / "perfwatch-baseline.json").write_text(json.dumps({**baseline.to_dict(), "run_id": "20260221T1300Z-b"}))
+    again = publish(tmp_path, "--store", "store", "--out", "site")
+    assert again.returncode == 0 and "all computed: the store, the thresholds, the commit URL, the baseline" in again.stdout
+    assert publish(tmp_path, "--store", "store", "--out", "site", "--baseline", "missing.json").returncode == 2

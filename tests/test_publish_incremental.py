@@ -135,7 +135,7 @@ def test_the_command_says_what_it_reused_and_rebuilds_what_the_cache_cannot_vouc
     store.add(run(M1, 16, [bench("b.track_y", [v * 50 for v in STEADY], unit="items", higher_is_better=True)]))
     assert "(5 pages: 1 recomputed, 4 reused from the cache)" in published()
     (tmp_path / "perfwatch.toml").write_text('[thresholds]\n"loader.*" = "10%"\n')
-    assert "all computed: the store, the thresholds, the commit URL or perfwatch changed" in published()
+    assert "all computed: the store, the thresholds, the commit URL, the baseline or perfwatch changed" in published()
 
     page = tmp_path / "site" / "benchmarks" / "loader.time_batch.html"
     page.write_text(page.read_text().replace("loader", "edited"))  # a page edited by hand is computed again

@@ -19,12 +19,16 @@ from perfwatch.cli.app import out as console
 @click.option("--commit-url", metavar="TEMPLATE",
               help="Where a commit's page is, with {commit} for its hash, e.g. https://github.com/ORG/REPO/commit/{commit}.")
 @click.option("--full", is_flag=True, help="Compute every page again instead of building on the last publish's cache.")
+@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="A baseline file to set each latest commit against too (default: perfwatch-baseline.json when "
+                   "there is one; see `perfwatch baseline save`).")
 @click.pass_context
-def publish(ctx: click.Context, results_dir: Path | None, out: Path | None, commit_url: str | None, full: bool) -> None:
+def publish(ctx: click.Context, results_dir: Path | None, out: Path | None, commit_url: str | None, full: bool,
+            baseline_path: Path | None) -> None:
     """Write a static site of every benchmark's history in the store.
 
-    A summary of every benchmark (latest value, its verdict against the previous commit, change points,
-    a sparkline), a page per benchmark with one series per machine and parameter combination, the
+    A summary of every benchmark (latest value, its verdict against the previous commit and against the
+    baseline file on the baseline's machine, change points, a sparkline), a page per benchmark with one series per machine and parameter combination, the
     regressions with an Atom feed (regressions.xml), and the machines. plotly.js is bundled: the site
     loads nothing from outside itself. Publishing again reads and computes only the benchmarks that new
     runs touched (the rest comes from the cache the last publish left in the site), and rewrites only
@@ -32,11 +36,15 @@ def publish(ctx: click.Context, results_dir: Path | None, out: Path | None, comm
     """
     from perfwatch.publish import DEFAULT_SITE_DIR  # plotly loads only for this command
     from perfwatch.publish import publish as publish_site
+    from perfwatch.regress.baseline import DEFAULT_BASELINE, load_baseline
 
     out = out or DEFAULT_SITE_DIR
     store = store_of(ctx, results_dir)
+    if baseline_path is None and DEFAULT_BASELINE.exists():
+        baseline_path = DEFAULT_BASELINE
+    baseline = load_baseline(baseline_path) if baseline_path else None
     done = publish_site(store, out, thresholds=config_of(ctx).thresholds, repo=Path.cwd(), commit_url=commit_url,
-                        full=full)
+                        full=full, baseline=baseline)
     for note in done.data.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     for name in done.files.kept:

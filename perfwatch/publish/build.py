@@ -18,6 +18,7 @@ from perfwatch.publish.data import SiteData, benchmark_pages, machines_seen, sit
 from perfwatch.publish.incremental import Rebuild, in_order, update
 from perfwatch.publish.site import Written, digest, intact, write_site
 from perfwatch.regress.history import git_positions
+from perfwatch.results import RunRecord
 from perfwatch.store.base import RunStore
 from perfwatch.thresholds import Thresholds, parse_thresholds
 
@@ -89,24 +90,25 @@ def site_files(data: SiteData, commit_url: str | None, feed_id: str) -> dict[str
     return files
 
 
-def from_scratch(store: RunStore, limits: Thresholds, repo: Path | None) -> State:
+def from_scratch(store: RunStore, limits: Thresholds, repo: Path | None, baseline: RunRecord | None) -> State:
     """Every page from every run of the store."""
     runs = list(store.runs())
     positions = git_positions(runs, repo)
-    pages = benchmark_pages(runs, limits, positions)
+    pages = benchmark_pages(runs, limits, positions, baseline)
     commits = in_order({c for run in runs if (c := run.env.get("git_commit"))}, positions)
     return State([run.run_id for run in runs], commits, positions is not None, machines_seen(runs),
                  {stem: page.part for stem, page in pages.items()}, {stem: page.data for stem, page in pages.items()},
                  {})
 
 
-def built_on(store: RunStore, cache: Cache, out: Path, limits: Thresholds, repo: Path | None) -> State:
+def built_on(store: RunStore, cache: Cache, out: Path, limits: Thresholds, repo: Path | None,
+             baseline: RunRecord | None) -> State:
     """The cache's site with the runs stored since: the pages they touch computed again, the others kept (those
     whose file is still as written; any other is computed again too)."""
     files = {stem: page_file(stem) for stem in cache.parts}
     found = intact(out, files.values())
     intact_pages = {stem: found[name] for stem, name in files.items() if found.get(name) == cache.parts[stem]["digest"]}
-    changed = update(store, cache, [stem for stem in cache.parts if stem not in intact_pages], limits, repo)
+    changed = update(store, cache, [stem for stem in cache.parts if stem not in intact_pages], limits, repo, baseline)
     reused = {stem: sha for stem, sha in intact_pages.items() if stem not in changed.pages}
     parts = {stem: cache.parts[stem] for stem in reused} | {stem: page.part for stem, page in changed.pages.items()}
     return State([*cache.ids, *(run.run_id for run in changed.new)], changed.commits, cache.git,
@@ -116,22 +118,23 @@ def built_on(store: RunStore, cache: Cache, out: Path, limits: Thresholds, repo:
 
 def publish(store: RunStore, out: Path = DEFAULT_SITE_DIR, *,
             thresholds: Thresholds | Mapping[str, object] | None = None, repo: Path | None = None,
-            commit_url: str | None = None, full: bool = False) -> Published:
+            commit_url: str | None = None, full: bool = False, baseline: RunRecord | None = None) -> Published:
     """Write the site of ``store``'s runs into ``out``, building on the cache there unless ``full``; ``repo`` is
-    the repository whose git order orders the commits (none: their times)."""
+    the repository whose git order orders the commits (none: their times); ``baseline`` is the run the summary
+    sets each latest commit against, besides the commit before it."""
     check_commit_url(commit_url)
     limits = thresholds if isinstance(thresholds, Thresholds) else parse_thresholds(thresholds)
     source = str(store.root)
-    key = cache_key(store.identity, source, limits, commit_url)
+    key = cache_key(store.identity, source, limits, commit_url, baseline.to_dict() if baseline else None)
     cache, rebuilt = (None, "asked for") if full else read_cache(out, key)
     state = None
     if cache is not None:
         try:
-            state = built_on(store, cache, out, limits, repo)
+            state = built_on(store, cache, out, limits, repo, baseline)
             rebuilt = None
         except Rebuild as exc:
             rebuilt = str(exc)
-    state = state or from_scratch(store, limits, repo)
+    state = state or from_scratch(store, limits, repo, baseline)
     data = site_of(state.parts, state.machines, len(state.ids), source, state.pages)
     files = site_files(data, commit_url, uuid.uuid5(uuid.NAMESPACE_URL, f"perfwatch-site:{source}").urn)
     digests = {**state.reused, **{stem: digest(files[page_file(stem)]) for stem in state.pages}}

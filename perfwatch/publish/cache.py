@@ -87,11 +87,13 @@ def version_of(name: str) -> str | None:
         return None
 
 
-def cache_key(identity: str, source: str, limits: Thresholds, commit_url: str | None) -> str:
+def cache_key(identity: str, source: str, limits: Thresholds, commit_url: str | None,
+              baseline: dict[str, Any] | None = None) -> str:
     """The digest of what the site depends on besides its runs: the store, how messages name it, the
-    thresholds, the commit URL template, and the code that computes and renders it."""
+    thresholds, the commit URL template, the baseline run (its document), and the code that computes and
+    renders it."""
     parts = [FORMAT, version_of("perfwatch"), code_digest(), [version_of(n) for n in DEPENDENCIES], identity, source,
-             repr(limits), commit_url]
+             repr(limits), commit_url, baseline]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -106,7 +108,7 @@ def read_cache(out: Path, key: str) -> tuple[Cache | None, str]:
     if not isinstance(found, dict) or found.get("format") != FORMAT:
         return None, "the cache is of another format"
     if found.get("key") != key:
-        return None, "the store, the thresholds, the commit URL or perfwatch changed"
+        return None, "the store, the thresholds, the commit URL, the baseline or perfwatch changed"
     try:
         cache = Cache(key, list(found["ids"]), list(found["commits"]), bool(found["git"]), dict(found["machines"]),
                       dict(found["parts"]))

@@ -164,9 +164,30 @@ def commit_axis(histories: list[History], positions: Mapping[str, int] | None) -
     return sorted(first.values(), key=lambda p: commit_order(p, positions))
 
 
-def series_data(h: History, page: str, x_of: Mapping[str, int], threshold: float,
-                notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A series' trace on its benchmark's page and its row in the summary; ``notes`` are what went wrong with it."""
+def baseline_verdict(h: History, baseline: RunRecord | None, threshold: float) -> dict[str, Any] | None:
+    """The latest commit against the baseline run (``perfwatch baseline save``), judged as `perfwatch compare`
+    judges it: unpaired, so only on the machine the baseline was measured on; None without a baseline."""
+    if baseline is None:
+        return None
+    series, said = h.series, {"run_id": baseline.run_id, "change": None}
+    measured = next((b for b in baseline.benchmarks if b.name == series.name and b.ok and b.samples), None)
+    last = series.points[-1] if series.points else None
+    if measured is None:
+        return {**said, "verdict": "none", "reason": f"the baseline ({baseline.run_id}) has no result for it"}
+    if machine_of(baseline.env) != series.machine:
+        return {**said, "verdict": "none", "reason": f"the baseline ({baseline.run_id}) was measured on another "
+                                                     "machine; runs of two machines are never compared"}
+    if last is None or not last.samples:
+        return {**said, "verdict": "none", "reason": "the latest run has no samples"}
+    row = compare_samples(series.name, measured.samples, last.samples, unit=series.unit,
+                          higher_is_better=series.higher_is_better, threshold=threshold)
+    return {**said, "verdict": row.verdict, "reason": row.reason, "change": number(row.ratio - 1)}
+
+
+def series_data(h: History, page: str, x_of: Mapping[str, int], threshold: float, notes: list[str],
+                baseline: RunRecord | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A series' trace on its benchmark's page and its row in the summary; ``notes`` are what went wrong with it,
+    ``baseline`` the run its latest commit is also set against."""
     series = h.series
     verdict = latest_verdict(h, threshold)
     steps = step_data(h, x_of)
@@ -178,7 +199,8 @@ def series_data(h: History, page: str, x_of: Mapping[str, int], threshold: float
     row = {"name": series.name, "page": page, "suite": series.suite or "", "machine": series.machine_label,
            "unit": series.unit, "latest": number(last.median) if last else None,
            "latest_text": format_value(last.median, series.unit) if last else "-",
-           "commit": last.commit if last else None, **verdict, "notes": notes, "history_note": h.note,
+           "commit": last.commit if last else None, **verdict, "baseline": baseline_verdict(h, baseline, threshold),
+           "notes": notes, "history_note": h.note,
            "steps": [{"change": s["change"], "worse": s["worse"], "commit": s["commit"]} for s in steps],
            "spark": [number(p.median) for p in series.points[-SPARK_POINTS:]]}
     return trace, row
@@ -194,11 +216,12 @@ class Page:
     part: dict[str, Any]
 
 
-def benchmark_pages(runs: list[RunRecord], limits: Thresholds,
-                    positions: Mapping[str, int] | None = None) -> dict[str, Page]:
-    """Every benchmark page of ``runs`` (oldest first), by file stem. A page reads only its own benchmarks'
-    results and the runs' machines, so runs holding just its benchmarks (but every run) give the same page:
-    what lets a re-publish recompute only the pages that new runs touch."""
+def benchmark_pages(runs: list[RunRecord], limits: Thresholds, positions: Mapping[str, int] | None = None,
+                    baseline: RunRecord | None = None) -> dict[str, Page]:
+    """Every benchmark page of ``runs`` (oldest first), by file stem, its summary rows set against ``baseline``
+    too. A page reads only its own benchmarks' results and the runs' machines, so runs holding just its
+    benchmarks (but every run) give the same page: what lets a re-publish recompute only the pages that new
+    runs touch."""
     runs, unit_notes = one_unit(runs)
     errors = latest_errors(runs)
     problems: dict[str, list[list[Any]]] = {}
@@ -218,7 +241,8 @@ def benchmark_pages(runs: list[RunRecord], limits: Thresholds,
         for h in group:
             series = h.series
             notes = [n for n in (series.left_out,) if n] + noted.get((series.name, series.machine), [])
-            trace, row = series_data(h, f"benchmarks/{stem}.html", x_of, limits.for_name(series.name), notes)
+            trace, row = series_data(h, f"benchmarks/{stem}.html", x_of, limits.for_name(series.name), notes,
+                                     baseline)
             traces.append(trace)
             rows.append(row)
             regressions += [{"name": series.name, "page": row["page"], "machine": series.machine_label,

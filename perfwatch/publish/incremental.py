@@ -95,23 +95,23 @@ def only(runs: Iterable[RunRecord], bases: set[str], expected: list[str]) -> lis
 
 
 def read_pages(store: RunStore, bases: Mapping[str, str], expected: list[str], pages: int, limits: Thresholds,
-               positions: Mapping[str, int] | None) -> dict[str, Page]:
+               positions: Mapping[str, int] | None, baseline: RunRecord | None = None) -> dict[str, Page]:
     """The pages ``bases`` (stem -> benchmark base name) from their history in ``store``: one query per page
     where the store filters and few pages are touched, else one read of every run. Every run is read, with
     only those benchmarks, so each run's machine counts as in a full publish."""
     if not bases:
         return {}
     if store.backend not in FILTERING or len(bases) * PER_PAGE > pages:
-        return benchmark_pages(only(store.runs(), set(bases.values()), expected), limits, positions)
+        return benchmark_pages(only(store.runs(), set(bases.values()), expected), limits, positions, baseline)
     computed: dict[str, Page] = {}
     for base in bases.values():
         runs = store.select(RunFilter(benchmark=glob_literal(base) + "*"))  # the names base and base(...)
-        computed.update(benchmark_pages(only(runs, {base}, expected), limits, positions))
+        computed.update(benchmark_pages(only(runs, {base}, expected), limits, positions, baseline))
     return computed
 
 
 def update(store: RunStore, cache: Cache, unwritten: Iterable[str], limits: Thresholds,
-           repo: Path | None) -> Update:
+           repo: Path | None, baseline: RunRecord | None = None) -> Update:
     """What changed since ``cache`` and the pages to compute again: those of the new runs' benchmarks and
     ``unwritten`` (stems of pages whose file is not as the cache saw it)."""
     new = new_runs(store, cache)
@@ -125,7 +125,7 @@ def update(store: RunStore, cache: Cache, unwritten: Iterable[str], limits: Thre
     bases.update({page_stem(base): base for run in new for b in run.benchmarks
                   for base in (base_and_params(b.name)[0],)})
     expected = [*cache.ids, *(run.run_id for run in new)]
-    pages = read_pages(store, bases, expected, len({*cache.parts, *bases}), limits, positions)
+    pages = read_pages(store, bases, expected, len({*cache.parts, *bases}), limits, positions, baseline)
     missing = set(bases) - set(pages)
     if missing:
         raise Rebuild(f"{len(missing)} page(s) of the cache have no results in the store")

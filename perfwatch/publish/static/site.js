@@ -120,6 +120,15 @@
       select("filter-suite", "suite", choices("suite")), select("filter-machine", "machine", choices("machine")),
       select("filter-verdict", "verdict", choices("verdict")), el("span", { id: "shown" }));
     app.appendChild(filters);
+    // The baseline file's verdict, where the publisher gave one: one process days away, so unpaired.
+    const withBaseline = rows.some((r) => r.baseline);
+    rows.forEach((r) => { r.baseline_change = r.baseline ? r.baseline.change : null; });
+    function baselineCell(b) {
+      if (!b) return el("td", { class: "dim" }, "-");
+      const tone = { regressed: "worse", improved: "better" }[b.verdict] || "";
+      return el("td", { class: `num ${tone}`, title: `${b.reason} (baseline ${b.run_id})` },
+        b.change === null ? el("span", { class: "dim" }, "not compared") : `${pct(b.change)} ${b.verdict}`);
+    }
     const trs = rows.map((r) => {
       const steps = r.steps.length
         ? el("span", null, ...r.steps.map((s) => el("span", { class: s.worse ? "worse" : "better" }, pct(s.change) + " ")))
@@ -128,6 +137,7 @@
       const tr = el("tr", { class: `verdict-${r.verdict}` }, name, el("td", null, r.suite), el("td", { class: "nowrap" }, r.machine),
         el("td", { class: "num", title: r.unit }, r.latest_text), el("td", { class: `num ${{ regressed: "worse", improved: "better" }[r.verdict] || ""}` }, pct(r.change)),
         el("td", { title: r.reason }, el("span", { class: `verdict v-${r.verdict}` }, r.verdict)),
+        ...(withBaseline ? [baselineCell(r.baseline)] : []),
         el("td", null, steps), el("td", null, sparkline(r.spark)));
       tr.row = r;
       return tr;
@@ -135,6 +145,7 @@
     const headers = [{ key: "name", label: "benchmark" }, { key: "suite", label: "suite" },
       { key: "machine", label: "machine" }, { key: "latest", label: "latest" },
       { key: "change", label: "vs previous commit" }, { key: "verdict", label: "verdict" },
+      ...(withBaseline ? [{ key: "baseline_change", label: "vs baseline (unpaired)" }] : []),
       "change points", "history"];
     const tbl = table(headers, trs, "summary");
     app.appendChild(tbl);
