@@ -431,3 +431,64 @@ def test_a_shared_setup_cache_gets_asvs_timeout(tmp_path):
     assert found["shared.Short.track_a"]["setup_cache_key"] == found["shared.Long.track_b"]["setup_cache_key"]
     assert {name: b["setup_cache_timeout"] for name, b in found.items()} == {
         "shared.Short.track_a": 30, "shared.Long.track_b": 30, "shared.Own.track_c": 7}
+
+
+FRESH = '''
+    warmup_time = 0.05
+    TORN_DOWN = []
+
+    class Pop:
+        def setup(self):
+            self.items = [1]  # a call on state an earlier call used raises IndexError
+
+        def teardown(self):
+            TORN_DOWN.append(1)
+
+        def time_pop(self):
+            self.items.pop()
+
+        def time_pop_three_per_sample(self):
+            self.items.pop()
+        time_pop_three_per_sample.number = 3
+
+        def track_teardowns_ran(self):
+            return float(len(TORN_DOWN))
+
+    class Read:
+        def setup(self):
+            self.items = [1]
+
+        def time_read(self):
+            self.items[0]
+
+    def time_without_setup():
+        pass
+'''
+
+
+def test_each_timed_call_of_a_benchmark_with_setup_sees_fresh_state_as_in_asv(tmp_path):
+    """In an asv project, as asv_runner does from 0.3 on (asv#966): with setup hooks, a time_ benchmark's calls
+    each follow a fresh teardown + setup, so one that uses its state up times each call on the state setup
+    made; ``number`` 1 unless the benchmark sets it. Without setup hooks, ``number`` is calibrated."""
+    (tmp_path / "asv.conf.json").write_text('{"version": 1, "benchmark_dir": "suites"}')
+    write_suite(tmp_path / "suites", "fresh.py", FRESH)
+    proc = run_perfwatch("run", "--store", "results", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = stored(tmp_path)
+    assert {name: r["status"] for name, r in results.items()} == dict.fromkeys(results, "ok")
+    assert results["fresh.Pop.time_pop"]["number"] == results["fresh.Read.time_read"]["number"] == 1
+    assert len(results["fresh.Pop.time_pop"]["samples"]) >= 5
+    assert results["fresh.Pop.time_pop_three_per_sample"]["number"] == 3
+    assert results["fresh.Pop.track_teardowns_ran"]["samples"][0] == 0.0  # track_: setup once, as asv
+    assert results["fresh.time_without_setup"]["number"] > 1000
+
+
+def test_outside_an_asv_project_setup_runs_once_and_number_is_calibrated_for_the_steady_state(tmp_path):
+    """perfwatch's own suites (no asv.conf.json) time the steady state: setup once per process, then as many
+    calls per sample as fill it, so a benchmark that uses its state up fails there (README)."""
+    write_suite(tmp_path / "suites", "fresh.py", FRESH)
+    proc = run_perfwatch("run", "suites", "--store", "results", cwd=tmp_path)
+    results = stored(tmp_path)
+    assert results["fresh.Read.time_read"]["status"] == "ok" and results["fresh.Read.time_read"]["number"] > 1000
+    assert results["fresh.Pop.time_pop"]["status"] == "failed" and "IndexError" in results["fresh.Pop.time_pop"]["error"]
+    assert proc.returncode == 3

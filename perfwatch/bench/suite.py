@@ -94,6 +94,9 @@ class Benchmark:
     setup_cache_timeout: float | None = None
     min_run_count: int | None = None
     import_error: str | None = None  # kind "import": the one line saying why its module did not import
+    # In an asv project (asv.conf.json): a time_ benchmark with setup hooks times each call on fresh state,
+    # teardown and setup before every call and number 1 unless set, as asv_runner >= 0.3 does (asv#966).
+    fresh_setup: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON for a worker. A field added after paired mode existed is left out while unset:
@@ -107,7 +110,7 @@ class Benchmark:
 
 
 LATER_FIELDS = ("rounds", "root", "attr", "asv_name", "pretty_name", "version", "code_hash", "setup_cache_key",
-                "setup_cache_timeout", "min_run_count", "import_error")
+                "setup_cache_timeout", "min_run_count", "import_error", "fresh_setup")
 
 
 # --- attributes, checked at discovery: a bad one must not surface after the suite has run ---
@@ -215,12 +218,12 @@ def discover(paths: list[Path]) -> list[Benchmark]:
         path = given.resolve()
         if not path.exists():
             raise SuiteLoadError(f"{given}: no such file or directory")
-        root = suite_root(path)
+        root, asv_project = suite_root(path), asvconf.enclosing_suite(path) is not None
         start, single = selection(root, path)
         for found in walk(root, start, single):
             if (root, found.name) not in seen:
                 seen.add((root, found.name))
-                benchmarks += benchmarks_of(found, root)
+                benchmarks += [replace(b, fresh_setup=True) if asv_project else b for b in benchmarks_of(found, root)]
     return shared_cache_timeouts(benchmarks)
 
 

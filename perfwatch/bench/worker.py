@@ -109,6 +109,26 @@ def time_calls(func: Callable[[], Any], number: int, clock: Callable[[], float] 
             gc.enable()
 
 
+def time_fresh_calls(func: Callable[[], Any], redo_setup: Callable[[], Any], number: int,
+                     clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per call over ``number`` calls, each on freshly set-up state: asv_runner's rule (0.3 on,
+    asv#966) for a ``time_`` benchmark with setup hooks. Only the calls are timed; the GC stays paused
+    for the whole sample, setup included, as asv has it."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        total = 0.0
+        for _ in range(number):
+            redo_setup()
+            start = clock()
+            func()
+            total += clock() - start
+        return total / number
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
 def warm_up(func: Callable[[], Any], seconds: float) -> float:
     """Call ``func`` for ``seconds`` (at least once when seconds > 0); returns the time spent."""
     start = time.perf_counter()
@@ -175,10 +195,23 @@ class Sampler:
     max_samples: int | None = None  # a cap where only the first samples are honest
 
 
+def fresh_state_sampler(loaded: LoadedBenchmark, budget: Budget, number: int | None) -> Sampler:
+    """An asv project's time_ benchmark with setup hooks: each call on fresh state, ``number`` 1 unless set
+    (asv_runner >= 0.3, asv#966); warmed up the same way, a call after a fresh setup at a time."""
+    clock = identity.first_attr(loaded.sources, "timer", time.perf_counter)
+    redo = loaded.redo_setup
+    assert redo is not None
+    calls = number or loaded.bench.number or 1
+    warmup_s = warm_up(lambda: time_fresh_calls(loaded.call, redo, 1, clock), budget.warmup_time)
+    return Sampler(lambda: time_fresh_calls(loaded.call, redo, calls, clock), calls, warmup_s)
+
+
 def prepare(loaded: LoadedBenchmark, budget: Budget, number: int | None = None) -> Sampler:
     """Warm up (and calibrate a time_ or timeraw_ benchmark, unless ``number`` or the benchmark fixes it)."""
     bench, func = loaded.bench, loaded.call
     if bench.kind in ("time", "timeraw"):
+        if bench.kind == "time" and bench.fresh_setup and loaded.redo_setup is not None:
+            return fresh_state_sampler(loaded, budget, number)
         if bench.kind == "time":
             clock = identity.first_attr(loaded.sources, "timer", time.perf_counter)
             timer, warm = (lambda n: time_calls(func, n, clock)), func
@@ -260,12 +293,15 @@ def skipped(exc: NotImplementedError, default: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class LoadedBenchmark:
     """A benchmark imported and set up: ``call`` runs it once, ``teardown`` (if any) undoes setup;
-    ``sources`` are where its attributes come from (method, instance, module), as in asv."""
+    ``sources`` are where its attributes come from (method, instance, module), as in asv; ``redo_setup``
+    (None without setup hooks) gives the next call fresh state: teardown then setup, skipped the first
+    time, since setup has just run (asv's ``redo_setup``)."""
 
     bench: Benchmark
     call: Callable[[], Any]
     teardown: Callable[[], Any] | None
     sources: list[Any]
+    redo_setup: Callable[[], Any] | None = None
 
 
 def setup_cache_timeout(bench: Benchmark) -> float:
@@ -299,8 +335,9 @@ def load_benchmark(bench: Benchmark) -> LoadedBenchmark | dict[str, Any]:
         args = cached_value(bench) + target.values
     except setupcache.SetupCacheFailed as exc:
         return {"status": "failed", "error": f"setup_cache: {exc}"}
+    setups = identity.setups(target.sources)
     try:
-        for setup in identity.setups(target.sources):
+        for setup in setups:
             setup(*args)
     except NotImplementedError as exc:
         return skipped(exc, "skipped by setup (NotImplementedError)")
@@ -312,7 +349,16 @@ def load_benchmark(bench: Benchmark) -> LoadedBenchmark | dict[str, Any]:
         for hook in hooks:
             hook(*args)
 
-    return LoadedBenchmark(bench, lambda: target.func(*args), teardown if hooks else None, target.sources)
+    fresh = [False]  # setup has just run: the first call needs no other
+
+    def redo_setup() -> None:
+        if fresh[0]:
+            for hook in (*hooks, *setups):
+                hook(*args)
+        fresh[0] = True
+
+    return LoadedBenchmark(bench, lambda: target.func(*args), teardown if hooks else None, target.sources,
+                           redo_setup if setups else None)
 
 
 def unload_benchmark(loaded: LoadedBenchmark) -> dict[str, Any] | None:
