@@ -70,12 +70,24 @@ def test_gain_states_the_bound_and_its_reasoning_and_caps_cpu_bound_work_by_the_
     assert gain(0.8, "data loading", cpu_cap=9.0)["speedup_at_most"] == 5.0
 
 
-def test_confidence_falls_to_half_where_the_margin_is_no_larger_than_the_disagreement():
+def test_confidence_falls_to_half_where_the_margin_is_no_larger_than_what_nothing_split():
     shares = {"data_loading": 0.55, "compute": 0.4, "other": 0.05}
     agreed = confidence(shares, 100, "steptimer")
     assert confidence(shares, 100, "steptimer", slack=0.05) < agreed
     assert confidence(shares, 100, "steptimer", slack=0.15) == pytest.approx(SOURCE_WEIGHT["steptimer"] / 2)
     assert confidence(shares, 100, "steptimer", slack=0.45) < 0.01
+
+
+def test_a_disagreement_between_timing_and_stacks_widens_the_doubt_but_takes_nothing_from_the_margin():
+    """The stacks' error, measured where they and the exact timing both saw a phase, counts as a standard
+    deviation beside the sampling error: a margin as large as the disagreement is more likely right than not."""
+    shares = {"data_loading": 0.55, "compute": 0.4, "other": 0.05}
+    agreed, weight = confidence(shares, 100, "steptimer"), SOURCE_WEIGHT["steptimer"]
+    assert weight / 2 < confidence(shares, 100, "steptimer", spread=0.15) < confidence(shares, 100, "steptimer",
+                                                                                         spread=0.05) < agreed
+    assert confidence(shares, 100, "steptimer", spread=50.0) == pytest.approx(weight / 2, abs=0.01)
+    tie = {"data_loading": 0.5, "compute": 0.5}
+    assert confidence(tie, 100, "steptimer", spread=0.1) == pytest.approx(weight / 2)
 
 
 def test_confidence_grows_with_the_margin_and_the_samples_and_respects_the_source():

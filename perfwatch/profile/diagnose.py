@@ -321,10 +321,11 @@ def workers_cap(expected: dict[str, Any], share: float, now: int, suggested: int
                          f"takes at least max(1 - {share:.2f}, {supply:.2f}) of today's: at most {cap:.2f}x"}
 
 
-def confidence(shares: dict[str, float], observations: int, source: str, slack: float = 0.0) -> float:
+def confidence(shares: dict[str, float], observations: int, source: str, slack: float = 0.0,
+               spread: float = 0.0) -> float:
     """How likely the primary bottleneck (the largest category share) is right, 0..1:
 
-        confidence = SOURCE_WEIGHT[source] * Phi((p1 - p2 - slack) / se),
+        confidence = SOURCE_WEIGHT[source] * Phi((p1 - p2 - slack) / sqrt(se^2 + spread^2)),
         se = sqrt((p1 + p2 - (p1 - p2)^2) / n)
 
     * p1 - p2, the largest share minus the runner-up, is the verdict's margin from its decision
@@ -333,22 +334,27 @@ def confidence(shares: dict[str, float], observations: int, source: str, slack: 
       two multinomial proportions. n is the training thread's stack samples for py-spy's shares,
       the timed steps for a StepTimer's (each step one observation), the smaller of the two when
       the injected timing's exact shares are completed by the stacks' split.
-    * ``slack`` is what the margin must first clear because the sources do not agree or do not
-      cover the step: where both an exact timing and stacks measured the same phase (the data wait),
-      their difference, which bounds the error of the stacks' split of the rest; and the share of
-      the step nothing split (injected timing without enough stacks; see ``primary_of``).
+    * ``slack`` is what the margin must first clear: the share of the step that nothing split
+      (injected timing without enough stacks; see ``primary_of``), which could all belong to the
+      runner-up.
+    * ``spread`` is the error of the stacks' attribution, as one standard deviation beside the
+      sampling error: where both an exact timing and stacks measured the same phase (the data wait),
+      their difference. It is a measured size of the stacks' error, not a bound on the side it
+      falls: taken from the margin as a bound it made near-ties too unsure (docs/performance.md,
+      "graded cases": 26 of 26 verdicts right, four of them given under 0.7).
     * SOURCE_WEIGHT caps what the best evidence of a source earns: timing rules and stack rules can
       miss a custom loader or step.
 
     So confidence grows with the samples and the margin, falls to half the source's weight where the
-    margin is no larger than the disagreement, and below that towards 0. ``diagnose`` halves it when
-    "other" wins with code no rule knows. Calibrated on the bottleneck zoo (docs/performance.md).
+    margin is no larger than ``slack``, and below that towards 0. ``diagnose`` halves it when
+    "other" wins with code no rule knows. Calibrated on the bottleneck zoo and the external cases
+    (docs/performance.md).
     """
     ranked = sorted((shares.get(c, 0.0) for c in CATEGORIES), reverse=True)
     if observations <= 0 or not any(ranked):
         return 0.0
     p1, p2 = ranked[0], ranked[1]
-    se = math.sqrt(max(p1 + p2 - (p1 - p2) ** 2, 1e-12) / observations)
+    se = math.sqrt(max(p1 + p2 - (p1 - p2) ** 2, 1e-12) / observations + spread ** 2)
     return round(SOURCE_WEIGHT[source] * NormalDist().cdf((p1 - p2 - slack) / se), 3)
 
 
@@ -894,7 +900,7 @@ def _verdict(m: Measurements, found: Shares, shares: dict[str, float]) -> Verdic
                        f"other {found.unsplit:.0%} of the step could be any category and needs {MIN_STACK_SAMPLES} "
                        f"stack samples to split ({samples} taken)",
                        {"stack_samples": {"have": samples, "need": MIN_STACK_SAMPLES}})
-    sure = confidence(shares, found.observations, found.source, slack=found.disagreement + found.unsplit)
+    sure = confidence(shares, found.observations, found.source, slack=found.unsplit, spread=found.disagreement)
     basis = f"largest share of wall time ({found.source})"
     if found.disagreement:
         basis += f"; exact timing and stacks differ by {found.disagreement:.0%} on the phases both measured"
