@@ -11,6 +11,10 @@ from perfwatch.bench.suite import by_size
 from perfwatch.pipelines.ddp import run_ddp
 from perfwatch.pipelines.models import MODEL_NAMES
 
+# perfwatch: set up once per process and time the steady state, even under this repository's
+# asv.conf.json, where each call would otherwise get fresh state (asv_runner >= 0.3; README).
+fresh_setup = False
+
 
 class DataParallel:
     """Global samples/s of ``ranks`` data-parallel ranks (gloo on CPU, nccl on CUDA)."""

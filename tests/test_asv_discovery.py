@@ -461,6 +461,15 @@ FRESH = '''
         def time_read(self):
             self.items[0]
 
+    class Steady:
+        fresh_setup = False  # perfwatch's opt-out: setup once, calls calibrated
+
+        def setup(self):
+            self.items = [1]
+
+        def time_read(self):
+            self.items[0]
+
     def time_without_setup():
         pass
 '''
@@ -481,6 +490,7 @@ def test_each_timed_call_of_a_benchmark_with_setup_sees_fresh_state_as_in_asv(tm
     assert results["fresh.Pop.time_pop_three_per_sample"]["number"] == 3
     assert results["fresh.Pop.track_teardowns_ran"]["samples"][0] == 0.0  # track_: setup once, as asv
     assert results["fresh.time_without_setup"]["number"] > 1000
+    assert results["fresh.Steady.time_read"]["number"] > 1000
 
 
 def test_outside_an_asv_project_setup_runs_once_and_number_is_calibrated_for_the_steady_state(tmp_path):
@@ -492,3 +502,11 @@ def test_outside_an_asv_project_setup_runs_once_and_number_is_calibrated_for_the
     assert results["fresh.Read.time_read"]["status"] == "ok" and results["fresh.Read.time_read"]["number"] > 1000
     assert results["fresh.Pop.time_pop"]["status"] == "failed" and "IndexError" in results["fresh.Pop.time_pop"]["error"]
     assert proc.returncode == 3
+    write_suite(tmp_path / "suites", "fresh.py", FRESH.replace("fresh_setup = False", "fresh_setup = True"))
+    run_perfwatch("run", "suites", "--store", "opted", cwd=tmp_path)
+    [path] = (tmp_path / "opted").glob("*.json")
+    opted = {b["name"]: b for b in json.loads(path.read_text())["benchmarks"]}
+    assert opted["fresh.Steady.time_read"]["number"] == 1 and opted["fresh.Read.time_read"]["number"] > 1000
+    write_suite(tmp_path / "suites", "fresh.py", FRESH.replace("fresh_setup = False", "fresh_setup = 'yes'"))
+    assert_one_line_error(run_perfwatch("list", "suites", cwd=tmp_path),
+                          "fresh.py: benchmark fresh.Steady.time_read: fresh_setup = 'yes' is not valid; it must be True or False")

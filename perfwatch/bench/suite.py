@@ -94,8 +94,9 @@ class Benchmark:
     setup_cache_timeout: float | None = None
     min_run_count: int | None = None
     import_error: str | None = None  # kind "import": the one line saying why its module did not import
-    # In an asv project (asv.conf.json): a time_ benchmark with setup hooks times each call on fresh state,
-    # teardown and setup before every call and number 1 unless set, as asv_runner >= 0.3 does (asv#966).
+    # A time_ benchmark with setup hooks times each call on fresh state, teardown and setup before every call
+    # and number 1 unless set, as asv_runner >= 0.3 does (asv#966): in an asv project (asv.conf.json) unless
+    # the benchmark sets perfwatch's ``fresh_setup = False``, elsewhere only where it sets ``True``; None: not.
     fresh_setup: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,6 +180,7 @@ ATTRIBUTES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "timer": (callable, "a clock: a function that returns seconds, such as time.process_time"),
     "env": (_env, "a dict of environment variables (no None values)"),
     "sizes": (lambda v: size_choice(v) is not False, f"a list of suite sizes out of {', '.join(SIZES)}"),
+    "fresh_setup": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 
@@ -223,7 +225,8 @@ def discover(paths: list[Path]) -> list[Benchmark]:
         for found in walk(root, start, single):
             if (root, found.name) not in seen:
                 seen.add((root, found.name))
-                benchmarks += [replace(b, fresh_setup=True) if asv_project else b for b in benchmarks_of(found, root)]
+                benchmarks += [replace(b, fresh_setup=(asv_project if b.fresh_setup is None else b.fresh_setup) or None)
+                               for b in benchmarks_of(found, root)]
     return shared_cache_timeouts(benchmarks)
 
 
@@ -318,7 +321,8 @@ def expand(found: Found, root: Path, key: str, attr: str, func: Any, klass: type
         repeat=list(repeat) if isinstance(repeat, tuple) else repeat,
         warmup_time=identity.first_attr(sources, "warmup_time"), sample_time=identity.first_attr(sources, "sample_time"),
         rounds=rounds, root=str(root), attr=attr, asv_name=name, pretty_name=getattr(sources[0], "pretty_name", None),
-        min_run_count=identity.first_attr(sources, "min_run_count"), **spec,
+        min_run_count=identity.first_attr(sources, "min_run_count"),
+        fresh_setup=identity.first_attr(sources, "fresh_setup"), **spec,
     )
     missing = kind_unsupported(kind)
     found_benchmarks = []
