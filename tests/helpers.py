@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pynvml
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import binary
 
@@ -368,3 +370,14 @@ def script_module(name: str) -> Iterator[ModuleType]:
         yield module
     finally:
         del sys.modules[name]
+
+
+def chromium() -> str:
+    """Debian's chromium for the browser tests: skipped where it is missing, a failure on CI (which installs it)."""
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail("chromium is not installed, and CI must run the browser tests "
+                        "(.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs these tests")
+    return path

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from helpers import STEADY, assert_one_line_error, bench, run_perfwatch
+from helpers import STEADY, assert_one_line_error, bench, chromium, run_perfwatch
 
 from perfwatch.results import RunRecord
 from perfwatch.store import Store
@@ -87,16 +86,6 @@ def page_data(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------- the browser
-
-
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail("chromium is not installed, and CI must run the browser tests "
-                        "(.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs these tests")
-    return path
 
 
 @pytest.fixture(scope="module")

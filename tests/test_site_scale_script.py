@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import chromium
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "site_scale.py"
 
 
 def test_a_tiny_history_is_published_by_both_tools_and_loads_in_the_browser(tmp_path):
-    from test_publish import chromium
-
     chromium()  # skips where there is no chromium (CI installs it and must run this)
     pytest.importorskip("playwright.sync_api")
     out = tmp_path / "report.json"
