@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -381,3 +382,29 @@ def chromium() -> str:
                         "(.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs these tests")
     return path
+
+
+def hung_process_report(pid: int) -> str:
+    """What a process that outlived its test's wait is doing, for the failure message: its signal masks (an
+    ignored SIGINT is inherited from the parent) and py-spy's dump of its Python threads and its children's."""
+    from perfwatch.profile.pyspy import find_pyspy, install_dirs
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        masks = " ".join(line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    except OSError as exc:
+        masks = f"(no /proc/{pid}/status: {exc.strerror})"
+    pyspy = find_pyspy(install_dirs())
+    if pyspy is None:
+        return f"{masks}; py-spy not found"
+    dump = subprocess.run([pyspy, "dump", "--pid", str(pid), "--subprocesses"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return f"{masks}\n{(dump.stdout + dump.stderr)[-6000:]}"
+
+
+def default_sigint() -> None:
+    """A Popen ``preexec_fn`` for a child that a test interrupts: SIGINT as a terminal gives it. A test run
+    started in the background (``nohup pytest &``) ignores SIGINT, its children inherit that, and Python
+    keeps an inherited ignore, so a Ctrl-C test would hang there. It runs between fork and exec and only
+    calls signal(), which is async-signal-safe, so a threaded test process is no concern."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

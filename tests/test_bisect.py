@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import assert_one_line_error, run_perfwatch, write_suite
+from helpers import assert_one_line_error, default_sigint, hung_process_report, run_perfwatch, write_suite
 from servers import wait_until
 
 from perfwatch.bench.suite import Benchmark
@@ -518,7 +518,8 @@ def start_hanging(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path, list[ps
     hashes = make_repo(repo, [1000, 1000, 1400], suite=HANGING)
     env = {**os.environ, "TMPDIR": str(tmp_path), "BISECT_PID_FILE": str(pid_file)}
     proc = subprocess.Popen([sys.executable, "-m", "perfwatch", "bisect", "bench_knob.track_hangs", "--good",
-                             hashes[0], "--suite", "quick"], cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
+                             hashes[0], "--suite", "quick"], cwd=repo, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     wait_until(lambda: pid_file.exists() and len(pid_file.read_text().split()) >= 1, timeout=120,
                what="the benchmark to start")
     assert len(worktrees(repo)) == 3  # GOOD's and BAD's, beside the repository's own
@@ -531,7 +532,10 @@ def test_ctrl_c_or_kill_term_removes_the_worktrees_and_the_workers(tmp_path):
         proc, repo, _, workers = start_hanging(trial)
         try:
             proc.send_signal(sig)
-            assert proc.wait(timeout=60) == 130
+            try:
+                assert proc.wait(timeout=60) == 130
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"perfwatch bisect still runs 60 s after {sig.name}: {hung_process_report(proc.pid)}")
         finally:
             proc.kill()
             proc.communicate()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import write_suite
+from helpers import default_sigint, hung_process_report, write_suite
 from servers import wait_until
 
 from perfwatch.bench.paired import run_against
@@ -215,12 +215,16 @@ def test_ctrl_c_kills_the_workers_and_removes_the_worktree(tmp_path):
     git(repo, "init", "-q")
     commit_all(repo)
     script = f"from pathlib import Path; from perfwatch.bench.paired import run_against; run_against('HEAD', 'quick', repo=Path({str(repo)!r}))"
-    runner = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    runner = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                              preexec_fn=default_sigint)
     try:
         wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=60, what="the benchmark to start")
         benchmark = psutil.Process(int(pid_file.read_text()))
         runner.send_signal(signal.SIGINT)
-        assert "KeyboardInterrupt" in runner.communicate(timeout=60)[1]
+        try:
+            assert "KeyboardInterrupt" in runner.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run_against still runs 60 s after SIGINT: {hung_process_report(runner.pid)}")
     finally:
         runner.kill()
     benchmark.wait(timeout=10)  # raises TimeoutExpired if it survived
