@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from perfwatch.errors import UserError
-from perfwatch.publish import feed, templates
+from perfwatch.publish.feed import atom_feed
+from perfwatch.publish.templates import page as html_page
 from perfwatch.publish.cache import CACHE, Cache, cache_key, read_cache
 from perfwatch.publish.data import SiteData, benchmark_pages, machines_seen, site_of
 from perfwatch.publish.incremental import Rebuild, in_order, update
@@ -78,15 +79,15 @@ def page_file(stem: str) -> str:
 def site_files(data: SiteData, commit_url: str | None, feed_id: str) -> dict[str, str]:
     """Relative path -> text of every file of the site but the benchmark pages not in ``data.pages``."""
     shared = {"commit_url": commit_url}
-    files = {"index.html": templates.page("summary", "Benchmarks", {**data.summary, **shared}),
-             "regressions.html": templates.page("regressions", "Regressions", {"rows": data.regressions, **shared}),
-             "machines.html": templates.page("machines", "Machines", {"machines": data.machines}),
-             "regressions.xml": feed.atom_feed(data.regressions, feed_id),
+    files = {"index.html": html_page("summary", "Benchmarks", {**data.summary, **shared}),
+             "regressions.html": html_page("regressions", "Regressions", {"rows": data.regressions, **shared}),
+             "machines.html": html_page("machines", "Machines", {"machines": data.machines}),
+             "regressions.xml": atom_feed(data.regressions, feed_id),
              "plotly.min.js": plotly_js()}
     for name in STATIC:
         files[name] = resources.files("perfwatch.publish").joinpath("static", name).read_text(encoding="utf-8")
     for stem, page in data.pages.items():
-        files[page_file(stem)] = templates.page("benchmark", page["name"], {**page, **shared}, root="../", charts=True)
+        files[page_file(stem)] = html_page("benchmark", page["name"], {**page, **shared}, root="../", charts=True)
     return files
 
 
