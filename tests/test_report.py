@@ -5,9 +5,7 @@ opened in headless Chromium, which must render them with every image decoded."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,7 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, run_perfwatch
+from helpers import assert_one_line_error, chromium, run_perfwatch
 
 from perfwatch.pages import md_code, md_escape
 from perfwatch.profile.flamegraph import flame_graph_svg
@@ -91,16 +89,6 @@ def assert_references_exist(directory: Path) -> None:
     sources = [attrs["src"] for tag, attrs in Tags(page).tags if "src" in attrs]
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:|file:|//)", page)
-
-
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-            pytest.fail("chromium is not installed, and CI must run the headless-browser test "
-                        "(.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI installs it and runs this test")
-    return path
 
 
 def browse(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
