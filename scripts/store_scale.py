@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 
@@ -204,10 +204,9 @@ def dashboard_views(grafana: ModuleType, shape: Shape, engine: sa.Engine, names:
     views = {"all-history": lambda: (datetime.fromtimestamp(START, timezone.utc) - timedelta(days=1), end, picked),
              "last-30-days": lambda: (end - timedelta(days=30), end, picked)}
     opened = end - opening_range(dashboard)
-    defaults, options = grafana.resolve_sql_variables(dashboard, partial(fetch, engine), opened, end)
-    every = {**defaults, "benchmark": (defaults["benchmark"][0], [value for _, value in options["benchmark"]])}
-    views["as-opened"] = lambda: (opened, end, defaults)
-    views["every-benchmark"] = lambda: (opened, end, every)
+    resolved = cache(lambda: grafana.resolve_sql_variables(dashboard, partial(fetch, engine), opened, end))
+    views["as-opened"] = lambda: (opened, end, resolved()[0])
+    views["every-benchmark"] = lambda: (opened, end, grafana.with_every_option(*resolved(), "benchmark"))
     return {name: views[name]() for name in VIEWS if name in names}
 
 

@@ -331,3 +331,10 @@ def resolve_sql_variables(
             values = [v for _, v in options]
             chosen[variable["name"]] = (variable, values if variable.get("includeAll") else values[:1])
     return chosen, found
+
+
+def with_every_option(chosen: dict[str, tuple[dict[str, Any], list[str]]], found: dict[str, list[tuple[str, str]]],
+                      name: str) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """``chosen`` (resolve_sql_variables's) with every option ``found`` for variable ``name`` selected, as a user
+    who ticks them all."""
+    return {**chosen, name: (chosen[name][0], [value for _, value in found[name]])}

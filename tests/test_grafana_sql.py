@@ -27,6 +27,7 @@ from grafana_dashboards import (
     rfc3339,
     sql_queries,
     variables,
+    with_every_option,
 )
 from helpers import run_perfwatch, write_suite
 from servers import postgres_fixture
@@ -102,7 +103,7 @@ class Filled:
         chosen, found = resolve_sql_variables(load(GRAFANA / "dashboards" / f"{query.dashboard}.json"), self.run,
                                               start, end)
         if every_benchmark and "benchmark" in chosen:
-            chosen["benchmark"] = (chosen["benchmark"][0], [value for _, value in found["benchmark"]])
+            chosen = with_every_option(chosen, found, "benchmark")
         columns, rows = self.run(interpolate_sql(query.sql, chosen, start, end))
         return [dict(zip(columns, row)) for row in rows]
 
