@@ -5,6 +5,7 @@ literal runs, reading scrapes, and an NVML stand-in for the GPU this machine lac
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -136,6 +137,14 @@ BAD = suite_run("20250103T000000Z-cccccc", "2025-01-03T00:00:00+00:00", slower=1
 
 
 # ---------------------------------------------------------------- reading scrapes
+
+
+def ranks_printed(stdout: str) -> list[dict]:
+    """The ``{"rank": ...}`` objects the ranks of a job printed, by rank. The ranks share one stdout,
+    so one rank's newline can land after the other's object: each object is found where it starts."""
+    decoder = json.JSONDecoder()
+    found = [decoder.raw_decode(stdout, match.start())[0] for match in re.finditer(r'\{"rank": ', stdout)]
+    return sorted(found, key=lambda printed: printed["rank"])
 
 
 def scrape(url: str, timeout: float = 10.0) -> str:

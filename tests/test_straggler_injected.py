@@ -10,7 +10,6 @@ of its own, killed by its PID if it outlives the test.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_promtool_clean, samples, scrape, value
+from helpers import assert_promtool_clean, ranks_printed, samples, scrape, value
 from servers import free_port, wait_until
 
 from perfwatch.instrument import PHASES
@@ -137,10 +136,6 @@ def run_job(command: list[str], env: dict[str, str]) -> subprocess.CompletedProc
     with job_group(command, env) as job:
         stdout, stderr = job.communicate(timeout=JOB_TIMEOUT_S)
     return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
-
-
-def ranks_printed(stdout: str) -> list[dict]:
-    return sorted((json.loads(line) for line in stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
 
 
 def timed_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
