@@ -8,8 +8,10 @@ benchmarks, tuple and object parameters, and asv_runner's skip markers.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -510,3 +512,45 @@ def test_outside_an_asv_project_setup_runs_once_and_number_is_calibrated_for_the
     write_suite(tmp_path / "suites", "fresh.py", FRESH.replace("fresh_setup = False", "fresh_setup = 'yes'"))
     assert_one_line_error(run_perfwatch("list", "suites", cwd=tmp_path),
                           "fresh.py: benchmark fresh.Steady.time_read: fresh_setup = 'yes' is not valid; it must be True or False")
+
+
+
+TINY = """
+class Abs:
+    def setup(self):
+        self.x = -1.5
+
+    def time_abs(self):
+        abs(self.x)
+"""
+
+
+def test_a_sub_microsecond_call_on_fresh_state_takes_the_time_asv_runner_gives_it(tmp_path):
+    """With ``number`` 1 asv_runner times each call by ``timeit``, whose loop is in its numbers; perfwatch
+    times it the same way and calls it as asv does, so a ~100 ns benchmark's median agrees with asv's. Both
+    in this process, interleaved, so both see the same machine."""
+    from asv_runner.benchmarks.time import TimeBenchmark
+
+    from perfwatch.bench.suite import discover
+    from perfwatch.bench.worker import Budget, fresh_state_sampler, load_benchmark
+
+    (tmp_path / "asv.conf.json").write_text('{"version": 1, "benchmark_dir": "suites"}')
+    suite = write_suite(tmp_path / "suites", "tiny.py", TINY)
+    [bench] = discover([tmp_path / "suites"])
+    ours = fresh_state_sampler(load_benchmark(bench), Budget(0.01, 0.01, 1, 1, 1.0), None)
+    spec = importlib.util.spec_from_file_location("tiny_as_asv_imports_it", suite)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    instance = module.Abs()
+    instance.repeat, instance.warmup_time = (2000, 2000, 60.0), 0.01
+    theirs = TimeBenchmark("tiny.Abs.time_abs", instance.time_abs, [instance.time_abs, instance])
+    theirs.do_setup()
+    our_medians, their_medians = [], []
+    for _ in range(7):
+        our_medians.append(statistics.median(ours.take() for _ in range(2000)))
+        their_medians.append(statistics.median(theirs.run()["samples"]))
+    assert theirs.run()["number"] == ours.number == 1
+    ratio = statistics.median(our_medians) / statistics.median(their_medians)
+    # Timed by a bare pair of clock reads it came out 0.85x; called through an extra closure, 1.46x. What
+    # is left (up to ~8%) is what each tool's setup code leaves in the caches just before the call.
+    assert 0.9 < ratio < 1.15, (our_medians, their_medians)
