@@ -296,8 +296,8 @@ def find_steps(series: Series, min_change: float) -> History:
         what = "runs" if series.runs == len(series.points) else "commits"
         return History(series, (), f"{series.measured} {what} with results; "
                                    f"need at least {fewest_runs()} to find a change")
-    history = [p.samples or None for p in series.points]
-    points = detect.drop_small_steps(history, detect.change_points(history), min_change)
+    medians = [p.median for p in series.points]  # once for both calls; nan where a point has no samples
+    points = detect.drop_small_steps(medians, detect.change_points(medians), min_change)
     steps = []
     for point in points:
         first = series.points[point.index]
