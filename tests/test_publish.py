@@ -154,6 +154,12 @@ def point_position(page, trace: int, index: int) -> list[float]:
     }""", [trace, index])
 
 
+def wait_drawn(page) -> None:
+    """Until every chart of a benchmark page is drawn (the distribution comes after the history is on screen)."""
+    page.wait_for_function("['chart', 'distribution'].every(id => { const gd = document.getElementById(id);"
+                           " return gd === null || gd._fullData !== undefined; })")
+
+
 def visible_rows(page) -> list[list[str]]:
     return page.eval_on_selector_all("#summary tbody tr:not([hidden])",
                                      "rows => rows.map(r => [...r.cells].slice(0, 3)"
@@ -192,7 +198,7 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
         summary.wait_for_load_state("load")
         assert summary.url.endswith("/benchmarks/loader.time_batch.html")
         bench_page = summary
-        bench_page.wait_for_function("document.getElementById('chart').data !== undefined")
+        wait_drawn(bench_page)
         traces = bench_page.evaluate("""() => document.getElementById('chart').data.map(t => ({
             name: t.name, x: t.x, y: t.y, customdata: t.customdata}))""")
         points = {t["name"]: len(t["x"]) for t in traces}
@@ -204,8 +210,10 @@ def test_the_site_shows_every_benchmark_draws_each_commit_and_machine_and_stays_
         assert bench_page.locator("#steps tbody tr").count() == 1
         assert "+25.0% worse" in bench_page.inner_text("#steps")
         assert bench_page.locator(".annotation-text", has_text="+25.0% worse").count() == 1  # marked on the chart
-        boxes = bench_page.evaluate("document.getElementById('distribution').data.map(t => [t.type, t.y.length])")
-        assert boxes == [["box", 20]] * 8  # the latest commit's samples and the previous one's, per series
+        drawn = bench_page.evaluate("""() => ['chart', 'distribution'].map(id =>
+            document.getElementById(id)._fullData.map(t => [t.type, t.y.length]))""")  # as drawn: a bundle without a
+        assert drawn[0] == [["scatter", 20], ["scatter", 10]] * 2  # trace type would draw its traces as scatter
+        assert drawn[1] == [["box", 20]] * 8  # the latest commit's samples and the previous one's, per series
 
         where = point_position(bench_page, 0, 3)  # the fourth point of ci-1 · workers=2, hovered with the mouse
         bench_page.mouse.move(*where)
@@ -270,8 +278,7 @@ def test_nothing_from_the_data_runs_in_the_browser(tmp_path, browser):
         assert len(pages) == 6
         for path in pages:
             page = visit.open(path)
-            if page.locator("#chart").count():
-                page.wait_for_function("document.getElementById('chart').data !== undefined")
+            wait_drawn(page)
             assert page.evaluate("window.__pwned") is None, path
             assert page.locator("main img, main script").count() == 0, path
             text = page.inner_text("body")
@@ -289,6 +296,31 @@ def test_nothing_from_the_data_runs_in_the_browser(tmp_path, browser):
                 assert HOSTILE[0] in page.text_content(".hoverlayer")  # the host name in the hover, as text
                 shoot(page, "publish-hostile.png", tmp_path)
         assert visit.outside() == [] and visit.dialogs == [] and visit.console == []
+    finally:
+        visit.close()
+
+
+def test_a_long_history_draws_its_line_and_bars_and_every_commit_still_hovers(tmp_path, browser):
+    """Past 400 commits a series is drawn without a marker per commit (they would overlap into a line, and 5,000
+    of them cost a fifth of a second to draw); hover still finds each commit."""
+    commits = [f"{i + 1:040x}" for i in range(450)]
+    runs = [RunRecord(run_id=f"r{i:03d}", created=f"2026-04-01T{i // 60:02d}:{i % 60:02d}:00+00:00", suite="quick",
+                      env={**M1, "git_commit": commit, "git_dirty": False, "git_branch": "main",
+                           "git_commit_time": f"2026-04-01T{i // 60:02d}:{i % 60:02d}:00+00:00"},
+                      benchmarks=[bench("long.time_x", samples(1 + 0.01 * (i % 3)))])
+            for i, commit in enumerate(commits)]
+    site = published(tmp_path, runs)
+    visit = Visit(browser)
+    try:
+        page = visit.open(site / "benchmarks" / "long.time_x.html")
+        wait_drawn(page)
+        assert page.evaluate("document.getElementById('chart')._fullData.map(t => [t.mode, t.x.length])") == [
+            ["lines", 450]]
+        assert page.locator("#chart .scatterlayer .points path").count() == 0
+        page.mouse.move(*point_position(page, 0, 300))
+        page.wait_for_selector(".hoverlayer .hovertext")
+        assert commits[300][:10] in page.text_content(".hoverlayer")
+        assert visit.console == [] and visit.outside() == []
     finally:
         visit.close()
 

@@ -34,7 +34,7 @@ def publish(ctx: click.Context, results_dir: Path | None, out: Path | None, comm
     runs touched (the rest comes from the cache the last publish left in the site), and rewrites only
     the files that changed.
     """
-    from perfwatch.publish import DEFAULT_SITE_DIR  # plotly loads only for this command
+    from perfwatch.publish import DEFAULT_SITE_DIR  # the site builder loads only for this command
     from perfwatch.publish import publish as publish_site
     from perfwatch.regress.baseline import DEFAULT_BASELINE, load_baseline
 

@@ -1,6 +1,7 @@
-"""The site's files from the store's runs: the pages, plotly.js bundled once, the feed, the publish cache, and how
-it went. With a cache of the same key (cache.py), only the benchmark pages that new runs touch are computed and
-rendered again (incremental.py); the rest of the site is made from the cache, and is what a full publish makes."""
+"""The site's files from the store's runs: the pages, the static files (plotly.js among them), the feed, the publish
+cache, and how it went. With a cache of the same key (cache.py), only the benchmark pages that new runs touch are
+computed and rendered again (incremental.py); the rest of the site is made from the cache, and is what a full
+publish makes."""
 
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from perfwatch.errors import UserError
-from perfwatch.publish.feed import atom_feed
-from perfwatch.publish.templates import page as html_page
 from perfwatch.publish.cache import CACHE, Cache, cache_key, read_cache
 from perfwatch.publish.data import SiteData, benchmark_pages, machines_seen, site_of
+from perfwatch.publish.feed import atom_feed
 from perfwatch.publish.incremental import Rebuild, in_order, update
 from perfwatch.publish.site import Written, digest, intact, write_site
+from perfwatch.publish.templates import page as html_page
 from perfwatch.regress.history import git_positions
 from perfwatch.results import RunRecord
 from perfwatch.store.base import RunStore
 from perfwatch.thresholds import Thresholds, parse_thresholds
 
 DEFAULT_SITE_DIR = Path("reports/site")
-STATIC = ("site.js", "site.css")
+# plotly.min.js is plotly.js 4.1.1 with only the scatter and box traces (MIT, plotly.LICENSE.txt beside it): 1.2 MiB,
+# not the 4.6 MiB whole bundle, and compiled as it streams in. How it was built, and why: static/plotly-bundle.md.
+STATIC = ("site.js", "site.css", "plotly.min.js", "plotly.LICENSE.txt")
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,6 @@ def check_commit_url(template: str | None) -> None:
                         "e.g. https://github.com/ORG/REPO/commit/{commit}", setting="commit_url")
 
 
-def plotly_js() -> str:
-    """plotly.js as plotly's Python package ships it (the whole bundle, offline)."""
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
 def page_file(stem: str) -> str:
     return f"benchmarks/{stem}.html"
 
@@ -82,8 +78,7 @@ def site_files(data: SiteData, commit_url: str | None, feed_id: str) -> dict[str
     files = {"index.html": html_page("summary", "Benchmarks", {**data.summary, **shared}),
              "regressions.html": html_page("regressions", "Regressions", {"rows": data.regressions, **shared}),
              "machines.html": html_page("machines", "Machines", {"machines": data.machines}),
-             "regressions.xml": atom_feed(data.regressions, feed_id),
-             "plotly.min.js": plotly_js()}
+             "regressions.xml": atom_feed(data.regressions, feed_id)}
     for name in STATIC:
         files[name] = resources.files("perfwatch.publish").joinpath("static", name).read_text(encoding="utf-8")
     for stem, page in data.pages.items():

@@ -31,6 +31,8 @@ def page(kind: str, title: str, data: Any, root: str = "", charts: bool = False)
     """A page of ``kind`` (summary, benchmark, regressions, machines); ``root`` leads back to the site's top
     ("../" from benchmarks/), ``charts`` loads plotly.js."""
     nav = "".join(f'<a href="{root}{href}">{label}</a>' for href, label in NAV)
+    # plotly.min.js: plotly.js 4.1.1 (MIT), a partial bundle of the scatter and box traces built from plotly's npm
+    # package (static/plotly-bundle.md says how); a classic script, so Chromium compiles it while it streams in.
     scripts = ((f'<script src="{root}plotly.min.js"></script>' if charts else "")
                + f'<script src="{root}site.js"></script>')
     return f"""<!DOCTYPE html>

@@ -10,6 +10,9 @@
   const app = document.getElementById("app");
   const TIME = [[1, "s"], [1e-3, "ms"], [1e-6, "µs"], [1e-9, "ns"]];
   const BYTES = [[2 ** 30, "GiB"], [2 ** 20, "MiB"], [2 ** 10, "KiB"], [1, "B"]];
+  // A longer series is drawn as its line and bars without a marker per commit (they would overlap into a line
+  // anyway; hover and click still reach every commit): 5,000 markers cost a benchmark page about 0.2 s to draw.
+  const MARKERS = 400;
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -211,7 +214,7 @@
       return data.traces.map((t) => {
         const pts = t.points;
         return {
-          type: "scatter", mode: "lines+markers", name: pt(label(t)), connectgaps: false,
+          type: "scatter", mode: pts.length > MARKERS ? "lines" : "lines+markers", name: pt(label(t)), connectgaps: false,
           x: pts.map((p) => xOf(p, mode)), y: pts.map((p) => p.median),
           error_y: { type: "data", symmetric: false, thickness: 1,
             array: pts.map((p) => (p.median === null ? 0 : p.q3 - p.median)),
@@ -272,9 +275,11 @@
           x: d.samples.map(() => pt(label(t))), offsetgroup: side,
           marker: { color: side === "latest" ? "#1f77b4" : "#9ca3af" } };
       };
-      window.Plotly.newPlot(boxes, pairs.flatMap((t) => [box(t, "previous"), box(t, "latest")]),
+      // Below the history: drawn once the history chart is on screen, so that it does not wait for this one.
+      requestAnimationFrame(() => setTimeout(() => window.Plotly.newPlot(boxes,
+        pairs.flatMap((t) => [box(t, "previous"), box(t, "latest")]),
         { boxmode: "group", margin: { t: 20, r: 20, b: 60, l: 70 }, showlegend: false,
-          yaxis: { title: { text: pt(units.join(", ")) } } }, config);
+          yaxis: { title: { text: pt(units.join(", ")) } } }, config)));
     } else {
       app.appendChild(el("p", { class: "dim" }, "Fewer than two commits measured."));
     }
