@@ -28,7 +28,9 @@ in the accounting steps aside with one warning; the all-reduce itself is never t
 
 ``Injected`` is the zero-code side (``perfwatch monitor -- torchrun ...``, ``perfwatch profile``;
 driven by monitoring.step_timing): it wraps DDP's constructor so that the first DDP model the
-script runs a forward of gets the hook, and reports its totals with the rank and host.
+script runs a forward of gets the hook, and reports its totals with the rank and host;
+``PERFWATCH_COLLECTIVE_TIMING=0`` in the command's environment leaves every model unhooked
+(the rest of the step timing goes on: the baseline the hook's overhead is measured against).
 
 This module runs in the training process and imports torch only in ``install``.
 """
@@ -49,6 +51,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+ENABLE_ENV = "PERFWATCH_COLLECTIVE_TIMING"  # "0": Injected hooks no model
 MAX_PENDING = 64  # CUDA steps whose events may wait for the GPU; beyond, the oldest is dropped, never waited for
 
 # Models this process already hooked: DDP takes one hook per model, so a later monitor() reuses it.
@@ -316,8 +319,10 @@ class Injected:
         self.host = socket.gethostname()
 
     def install(self, torch: Any) -> None:
-        """Wrap ``DistributedDataParallel.__init__``, right after the script imported torch."""
-        self._guarded(self._wrap_constructor, torch)
+        """Wrap ``DistributedDataParallel.__init__``, right after the script imported torch; nothing
+        when ``$PERFWATCH_COLLECTIVE_TIMING`` is "0"."""
+        if os.environ.get(ENABLE_ENV) != "0":
+            self._guarded(self._wrap_constructor, torch)
 
     def _wrap_constructor(self, torch: Any) -> None:
         ddp = getattr(getattr(torch.nn, "parallel", None), "DistributedDataParallel", None)

@@ -5,7 +5,11 @@ what differs is the split (monitoring.collective): the straggler *works* longest
 two all-reduces and *waits* least in them. Its score is its work per step against the
 median rank's, and the cause is the StepTimer phase in which it spends the most more than
 the median rank does. The wait at the all-reduce happens inside ``loss.backward()``, so it
-is taken out of ``backward`` first: backward counts the rank's own compute only.
+is taken out of ``backward`` first: backward counts the rank's own compute only. Where
+backward is not timed (the zero-code timing of ``perfwatch monitor``/``profile`` times
+data wait and the optimizer, and ``loss.backward()`` runs in the untimed ``other``), it is
+taken out of ``other``: else the fast ranks' long wait there would hide the straggler's
+extra compute, and a phase differing by noise would be named.
 
 Pure: per-rank windows (increases of the counters over the same span) in, a verdict out;
 no I/O, tested with literal numbers. Prometheus computes the same over every rank's series
@@ -42,11 +46,13 @@ class RankWindow:
     host: str = ""
 
     def own_phases(self) -> dict[str, float]:
-        """Seconds per step in each phase, the all-reduce wait taken out of backward; {} untimed."""
+        """Seconds per step in each phase, the all-reduce wait taken out of backward (of other where
+        backward is not timed); {} untimed."""
         if self.timer_steps <= 0 or not self.phase_seconds:
             return {}
         per_step = {phase: self.phase_seconds.get(phase, 0.0) / self.timer_steps for phase in PHASES}
-        per_step["backward"] = max(per_step["backward"] - self.wait_seconds / self.steps, 0.0)
+        holder = "backward" if per_step["backward"] > 0 else "other"
+        per_step[holder] = max(per_step[holder] - self.wait_seconds / self.steps, 0.0)
         return per_step
 
 

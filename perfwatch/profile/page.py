@@ -201,6 +201,7 @@ def profile_document(report: dict[str, Any], figures: Sequence[Figure]) -> Docum
     blocks += [Heading("Findings"), Items(findings) if findings else Text("none"),
                Heading("Recommendations"), Items(recommendations, ordered=True) if recommendations else Text("none")]
     blocks += _try_blocks(report.get("try"))
+    blocks += _ranks_blocks(report.get("ranks"))
     blocks.append(Heading("Step-time breakdown"))
     if b["shares"]:
         largest_first = sorted(b["shares"].items(), key=lambda kv: -kv[1])
@@ -238,6 +239,27 @@ def _try_blocks(tried: dict[str, Any] | None) -> list[Block]:
              str(w["steps"]), f"{w['seconds']:.1f}", w["note"]) for i, w in enumerate(tried["windows"], 1)]
     return blocks + [Table(("window", "settings", "steps/s", "steps", "seconds", "note"), rows,
                            numeric=frozenset({0, 2, 3, 4}))]
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.3g}"
+
+
+def _ranks_blocks(ranks: dict[str, Any] | None) -> list[Block]:
+    """A torchrun job's ranks (``profile.ranks``): the straggler verdict, then a row per rank."""
+    if ranks is None:
+        return []
+    phases = ranks["phases"]
+    rows = [(r["rank"], r["host"], str(r["steps"]), _ms(r["work_seconds_per_step"]), _ms(r["wait_seconds_per_step"]),
+             *(_ms(r["phase_seconds_per_step"].get(p)) for p in phases),
+             "-" if r["straggler_score"] is None else f"{r['straggler_score']:+.0%}") for r in ranks["rows"]]
+    columns = ("rank", "host", "steps", "work ms/step", "wait ms/step", *(f"{p} ms/step" for p in phases),
+               "straggler score")
+    return [Heading("Ranks (torchrun)"), Text(ranks["straggler"]["says"] + ".", lead="Straggler:", highlight=True),
+            Table(columns, rows, numeric=frozenset(range(2, len(columns)))),
+            Text(f"Over {ranks['window']}. Work: what a rank does between two gradient all-reduces; wait: its time "
+                 "in one; a phase's time leaves out the all-reduce wait. Score: work per step over the median "
+                 "rank's, minus 1.")]
 
 
 def _function_table(functions: list[dict[str, Any]], phases: bool) -> Table:

@@ -39,6 +39,9 @@ Where the script already times its loop with a StepTimer, its exact phase totals
 ``perfwatch profile`` sets ``PERFWATCH_PROFILE_DIR`` and ``publish_timer`` (called by
 the StepTimer when that variable is set) writes ``summary()`` there.
 
+Under torchrun each rank's injected timing also times its gradient all-reduces; the report
+then holds a row per rank and the straggler verdict (``profile.ranks``).
+
 The report keeps the command line with every URL in it redacted (``perfwatch.urls.redact``):
 a ``--push http://user:password@host`` or a ``?token=`` is the user's secret, not the report's.
 """
@@ -64,6 +67,7 @@ from perfwatch.env import fingerprint
 from perfwatch.errors import UserError
 from perfwatch.launch import CommandTree, ForwardedSignals, adopting_orphans, describe, exit_code, launch
 from perfwatch.monitoring.collector import Collector, ProcessStats
+from perfwatch.monitoring.step_timing import read_published
 from perfwatch.pages import prepare_out_dir
 from perfwatch.profile import diagnose as dx
 from perfwatch.profile.attribution import attribute
@@ -77,6 +81,7 @@ from perfwatch.profile.pyspy import (
     may_trace,
     missing_warning,
 )
+from perfwatch.profile.ranks import ranks_section
 from perfwatch.profile.rows import busy_threads, collector_row, intra_op_threads, thread_cpu, with_roles
 from perfwatch.profile.torch_hook import TORCH_PROFILER_DEFAULT_S, install_hook
 from perfwatch.profile.trial import TRY_SECONDS, try_top
@@ -281,6 +286,8 @@ def run_profile(command: Sequence[str], options: ProfileOptions,
             verdict = (f"unknown: {b['basis']}" if b["primary"] == "unknown"
                        else f"{b['primary']}, confidence {b['confidence']:.2f}")
             say(f"report: {out / 'report.html'}  (primary bottleneck: {verdict})")
+            if "ranks" in report:
+                say(f"ranks: {report['ranks']['straggler']['says']}")
         finally:
             code = exit_code(child.wait())
         left = tree.settle(LEFT_RUNNING_SETTLE_S)
@@ -373,6 +380,7 @@ def build_report(command: Sequence[str], created: str, sampler: Sampler, reason:
     with open(out / "collector.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     torch_profile = _read_json(out / "torch-profile.json")
+    ranks = ranks_section(read_published(out / "steptimer")) if timer else None
     return {
         "format_version": REPORT_FORMAT_VERSION,
         "kind": "perfwatch-profile",
@@ -381,6 +389,7 @@ def build_report(command: Sequence[str], created: str, sampler: Sampler, reason:
         "run": {"seconds": round(sampler.seconds, 3), "ended_by": reason, "launched_pid": launched_pid,
                 "training_pid": training_pid},
         **diagnosis,
+        **({"ranks": ranks} if ranks else {}),  # a torchrun job whose ranks timed their all-reduces
         "measurements": {"resources": asdict(resources), "intra_op_threads": threads,
                          "intra_op_threads_source": threads_source,
                          "dataloader_workers": {"pids": list(workers), "identified_by": workers_source},
