@@ -96,13 +96,22 @@ def kill_all(pids: list[int]) -> None:
             pass
 
 
-def gone_within(mark: str, seconds: float) -> list[int]:
-    """The marked processes still alive after ``seconds`` (each is killed then, and counted once)."""
+def gone_within(mark: str, seconds: float) -> list[str]:
+    """The marked processes still alive after ``seconds``, each as "pid: command line" (each is killed
+    then, and counted once)."""
     deadline = time.monotonic() + seconds
     while (left := marked(mark)) and time.monotonic() < deadline:
         time.sleep(0.05)
+    named = [f"{pid}: {command_line(pid)}" for pid in left]
     kill_all(left)
-    return left
+    return named
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "(gone)"
 
 
 def kill_a_worker(runner: subprocess.Popen, mark: str, sig: int) -> None:
@@ -145,7 +154,7 @@ def test_runner_and_worker_killed_at_random_points_leave_nothing_behind(project,
     rng = random.Random(SEED)
     schedule = list(SCHEDULE)
     rng.shuffle(schedule)
-    orphans = leaked = readable = 0
+    orphans, leaked, readable = [], 0, 0
     expected_runs = 0
     for target, sig in schedule:
         proc = subprocess.Popen([sys.executable, "-m", "perfwatch", "run", "--results-dir", "results"], cwd=root,
@@ -157,7 +166,7 @@ def test_runner_and_worker_killed_at_random_points_leave_nothing_behind(project,
         else:
             kill_a_worker(proc, mark, sig)
         stdout, stderr = proc.communicate(timeout=120)
-        orphans += len(gone_within(mark, 5.0))
+        orphans += [f"after {target} {signal.Signals(sig).name}: {p}" for p in gone_within(mark, 5.0)]
 
         # What the killed run leaves to the next: its temp dir (after kill -9, or kill -TERM before
         # perfwatch handles it) and in it a journal of the benchmarks it finished.
@@ -170,17 +179,17 @@ def test_runner_and_worker_killed_at_random_points_leave_nothing_behind(project,
         noted = "note: cleaned up after" in after.stderr
         assert noted == bool(left) and ("stored what pid" in after.stderr) == journaled, (target, sig, after.stderr)
         leaked += len(list((root / "tmp").iterdir()))
-        orphans += len(gone_within(mark, 0))
+        orphans += [f"after the next run ({target} {signal.Signals(sig).name}): {p}" for p in gone_within(mark, 0)]
         readable += len(stored(root)) == expected_runs
 
     listed = run_perfwatch("runs", "--results-dir", "results", cwd=root, env=env)
     assert listed.returncode == 0 and "skipping" not in listed.stderr, listed.stderr
     kinds = Counter(f"{target} {signal.Signals(sig).name}" for target, sig in schedule)
     figures = (f"{len(schedule)} kills ({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}, seed {SEED}): "
-               f"{orphans} orphans, {leaked} leaked temp dirs, store readable with every run after {readable}"
+               f"{len(orphans)} orphans, {leaked} leaked temp dirs, store readable with every run after {readable}"
                f"/{len(schedule)} kills")
     record_property("kill figures", figures)
-    assert (orphans, leaked, readable) == (0, 0, len(schedule)), figures
+    assert (orphans, leaked, readable) == ([], 0, len(schedule)), f"{figures}: {orphans}"
 
 
 # --- one fault at a time ---------------------------------------------------------------------
